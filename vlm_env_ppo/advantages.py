@@ -1,0 +1,91 @@
+"""Advantage estimation and KL estimators: small pure functions on tensors.
+
+Shapes follow CleanRL: rollout storage is ``(num_steps, num_envs)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def compute_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    terminated: torch.Tensor,
+    truncated: torch.Tensor,
+    final_values: torch.Tensor,
+    next_value: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation with correct handling of time limits.
+
+    Step ``t`` of env ``e`` took action ``a_t`` in observation ``o_t`` (value ``values[t, e]``) and got
+    ``rewards[t, e]``. If the episode ended there, the vector env already reset it, so ``o_{t+1}`` in the
+    storage belongs to a *new* episode and must not be bootstrapped from:
+
+    - ``terminated[t, e]``: a true end of the task, the return after it is 0.
+    - ``truncated[t, e]`` (a time limit, not an end of the task): bootstrap from the value of the final
+      observation of that episode, ``final_values[t, e]`` (CleanRL treats this as termination; SB3's
+      ``compute_returns_and_advantage`` fixes it the same way as here).
+
+    Args:
+        rewards, values, terminated, truncated, final_values: ``(num_steps, num_envs)``. ``final_values`` is only
+            read where ``truncated & ~terminated``.
+        next_value: ``(num_envs,)`` value of the observation after the last stored step.
+        gamma: discount factor.
+        lam: GAE lambda.
+
+    Returns:
+        ``(advantages, returns)``, both ``(num_steps, num_envs)``, with ``returns = advantages + values``.
+    """
+    num_steps = rewards.shape[0]
+    rewards = rewards.float()
+    values = values.float()
+    terminated = terminated.bool()
+    done = terminated | truncated.bool()
+    # Rewards of truncated steps absorb the bootstrap value of the lost future, which decouples them from the
+    # (reset) next observation in the storage: r_t + gamma * V(final_obs).
+    bootstrap = torch.where(truncated.bool() & ~terminated, final_values.float(), torch.zeros_like(values))
+    rewards = rewards + gamma * bootstrap
+
+    advantages = torch.zeros_like(values)  # (num_steps, num_envs)
+    lastgaelam = torch.zeros_like(next_value, dtype=torch.float32)
+    for t in reversed(range(num_steps)):
+        nextvalues = next_value.float() if t == num_steps - 1 else values[t + 1]
+        nextnonterminal = (~done[t]).float()
+        delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
+        lastgaelam = delta + gamma * lam * nextnonterminal * lastgaelam
+        advantages[t] = lastgaelam
+    return advantages, advantages + values
+
+
+def whiten(values: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8):
+    """Normalize to zero mean and unit variance over all (masked) entries.
+
+    For distributed runs, pass the already-gathered global tensor (or use `global_mean_std`) so every process
+    whitens with the same statistics.
+    """
+    if mask is None:
+        mean, var = values.mean(), values.var(unbiased=False)
+    else:
+        mask = mask.to(values.dtype)
+        n = mask.sum().clamp(min=1)
+        mean = (values * mask).sum() / n
+        var = (((values - mean) ** 2) * mask).sum() / n
+    whitened = (values - mean) * torch.rsqrt(var + eps)
+    return whitened if shift_mean else whitened + mean
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from samples of pi (Schulman, "Approximating KL divergence").
+
+    - ``"k1"``: ``log pi - log pi_ref``. Unbiased, can be negative per sample; TRL's default.
+    - ``"k3"``: ``(r - 1) - log r`` with ``r = pi_ref / pi``. Unbiased, always >= 0, lower variance.
+    """
+    log_ratio = logprobs - ref_logprobs
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"Unknown kl_estimator {estimator!r}; use 'k1' or 'k3'.")

@@ -1,0 +1,147 @@
+"""Rollout storage: ``(num_steps, num_envs)`` tensors plus per-sample model inputs, and minibatch collation.
+
+Prompts (with their images) and completions differ in length per sample, so model inputs are kept per sample,
+unpadded and on the CPU, and padded again for whatever micro-batch the update draws (prompts left-padded,
+completions right-padded, matching generation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .models.value_head import PER_TOKEN_KEYS
+
+Sample = dict[str, torch.Tensor]
+
+
+def split_inputs(inputs: dict[str, torch.Tensor], batch_size: int) -> list[Sample]:
+    """Split a batched processor output into ``batch_size`` per-sample input dicts.
+
+    Token-level keys lose their (left) padding. Vision keys are cut per sample: tensors whose first dimension is
+    the batch keep a leading dimension of 1; Qwen-VL style flattened patches (``pixel_values`` of shape
+    ``(sum of patches, dim)`` with ``image_grid_thw``) are cut by each image's patch count.
+    """
+    mask = inputs["attention_mask"].bool()
+    samples: list[Sample] = [{} for _ in range(batch_size)]
+    for i in range(batch_size):
+        for key in ("input_ids", *PER_TOKEN_KEYS):
+            if key in inputs:
+                samples[i][key] = inputs[key][i][mask[i]]
+    token_keys = {"input_ids", *PER_TOKEN_KEYS}
+    grid = inputs.get("image_grid_thw")
+    for key, value in inputs.items():
+        if key in token_keys or value is None:
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"Processor output {key!r} is a {type(value).__name__}, expected a tensor.")
+        if grid is not None and key in ("pixel_values", "image_grid_thw"):
+            if grid.shape[0] % batch_size:
+                raise ValueError(
+                    f"Every prompt must carry the same number of images; got {grid.shape[0]} images for "
+                    f"{batch_size} prompts."
+                )
+            per_sample = grid.shape[0] // batch_size
+            if key == "image_grid_thw":
+                pieces = list(value.split(per_sample))
+            else:
+                patches = grid.prod(dim=-1).view(batch_size, per_sample).sum(dim=1).tolist()
+                pieces = list(value.split(patches))
+        elif value.shape[0] == batch_size:
+            pieces = list(value.split(1))
+        else:
+            raise ValueError(
+                f"Cannot split processor output {key!r} of shape {tuple(value.shape)} into {batch_size} samples. "
+                "Override `VLMPPOTrainer.build_model_inputs` for this processor."
+            )
+        for i, piece in enumerate(pieces):
+            samples[i][key] = piece
+    return samples
+
+
+def _pad_to(tensor: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    if tuple(tensor.shape) == shape:
+        return tensor
+    out = tensor.new_zeros(shape)
+    out[tuple(slice(0, s) for s in tensor.shape)] = tensor
+    return out
+
+
+def collate_inputs(samples: list[Sample], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Inverse of `split_inputs` for any subset of samples: left-pads token keys, concatenates vision keys."""
+    batch: dict[str, torch.Tensor] = {}
+    lengths = [s["input_ids"].shape[0] for s in samples]
+    max_len = max(lengths)
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        if key == "input_ids" or key in PER_TOKEN_KEYS:
+            fill = pad_token_id if key == "input_ids" else 0
+            out = values[0].new_full((len(values), max_len), fill)
+            for i, v in enumerate(values):
+                out[i, max_len - v.shape[0] :] = v
+            batch[key] = out
+        else:
+            # Same-size frames give equal shapes; otherwise zero-pad trailing dims (LLaVA-NeXT pads patches so).
+            trailing = tuple(max(v.shape[d] for v in values) for d in range(1, values[0].dim()))
+            batch[key] = torch.cat([_pad_to(v, (v.shape[0], *trailing)) for v in values], dim=0)
+    return batch
+
+
+def pad_completions(completions: list[torch.Tensor], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad completion ids → ``(ids, mask)``, both ``(batch, max_len)``."""
+    max_len = max(1, max(c.shape[0] for c in completions))
+    ids = torch.full((len(completions), max_len), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(completions), max_len), dtype=torch.long)
+    for i, c in enumerate(completions):
+        ids[i, : c.shape[0]] = c
+        mask[i, : c.shape[0]] = 1
+    return ids, mask
+
+
+@dataclass
+class RolloutBatch:
+    """One update's worth of experience. Scalars are ``(num_steps, num_envs)``; samples are flat, step-major."""
+
+    num_steps: int
+    num_envs: int
+    prompts: list[Sample] = field(default_factory=list)  # num_steps * num_envs, index t * num_envs + e
+    completions: list[torch.Tensor] = field(default_factory=list)  # same order, unpadded, up to and incl. EOS
+    action_token_starts: list[int] = field(default_factory=list)  # same order
+    texts: list[str] = field(default_factory=list)  # decoded completions, for logging
+
+    def __post_init__(self):
+        shape = (self.num_steps, self.num_envs)
+        self.logprobs = torch.zeros(shape)  # λ-weighted action log-probs at rollout
+        self.values = torch.zeros(shape)
+        self.rewards = torch.zeros(shape)  # env reward + invalid penalty - kl_coef * kl
+        self.env_rewards = torch.zeros(shape)
+        self.kl = torch.zeros(shape)
+        self.terminated = torch.zeros(shape, dtype=torch.bool)
+        self.truncated = torch.zeros(shape, dtype=torch.bool)
+        self.final_values = torch.zeros(shape)  # value of the final observation where truncated
+        self.valid = torch.zeros(shape, dtype=torch.bool)
+        self.completion_lengths = torch.zeros(shape, dtype=torch.long)
+        self.next_value = torch.zeros(self.num_envs)
+        self.advantages = torch.zeros(shape)
+        self.returns = torch.zeros(shape)
+
+    def __len__(self) -> int:
+        return self.num_steps * self.num_envs
+
+    def minibatch(self, indices: torch.Tensor, pad_token_id: int) -> dict[str, object]:
+        """Collated model inputs and flat targets for the given flat sample indices."""
+        idx = indices.tolist()
+        prompt_inputs = collate_inputs([self.prompts[i] for i in idx], pad_token_id)
+        completion_ids, completion_mask = pad_completions([self.completions[i] for i in idx], pad_token_id)
+        flat = lambda t: t.reshape(-1)[indices]  # noqa: E731
+        return {
+            "prompt_inputs": prompt_inputs,
+            "completion_ids": completion_ids,
+            "completion_mask": completion_mask,
+            "action_token_starts": [self.action_token_starts[i] for i in idx],
+            "old_logprobs": flat(self.logprobs),
+            "old_values": flat(self.values),
+            "advantages": flat(self.advantages),
+            "returns": flat(self.returns),
+        }

@@ -1,0 +1,280 @@
+"""Configuration of `VLMPPOTrainer`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import TrainingArguments
+
+INVALID_ACTION_CHOICES = ("random", "fixed")
+REF_QUANTIZATION_CHOICES = ("4bit", "8bit", "none")
+KL_ESTIMATORS = ("k1", "k3")
+
+
+@dataclass
+class VLMPPOConfig(TrainingArguments):
+    r"""
+    Configuration class for [`VLMPPOTrainer`]: PPO with a value head for a vision-language model acting in a
+    gymnasium environment (RL4VLM, Zhai et al., NeurIPS 2024). Defaults follow the paper where it has one.
+
+    Only the parameters specific to this trainer are listed here; see [`~transformers.TrainingArguments`] for the
+    rest (`learning_rate`, `per_device_train_batch_size`, `gradient_accumulation_steps`, `max_grad_norm`,
+    `logging_steps`, `save_steps`, `report_to`, `seed`, ...).
+
+    Batch arithmetic (per process): one update collects `batch_size = num_envs * num_steps` env steps, then runs
+    `num_ppo_epochs` passes over it in `num_mini_batches` shuffled minibatches of `mini_batch_size` samples; one
+    optimizer step per minibatch, made of `gradient_accumulation_steps` micro-batches of
+    `per_device_train_batch_size` samples. Give `num_mini_batches` *or* `mini_batch_size`; the rest is derived.
+
+    Parameters:
+        > Parameters that control the environment and the rollout
+
+        num_envs (`int`, *optional*, defaults to `4`):
+            Number of parallel environments per process. All of them are generated for in one batched `generate` call.
+        num_steps (`int`, *optional*, defaults to `128`):
+            Env steps per environment per PPO update (CleanRL's `num_steps`). The paper collects 512 env steps per
+            update (`num_envs * num_steps`).
+        total_env_steps (`int`, *optional*, defaults to `15000`):
+            Total env steps to train for, over all processes (paper: 15k per task). Rounded down to whole updates.
+        env_kwargs (`dict`, *optional*):
+            Keyword arguments passed to `gymnasium.make` when `env` is an id.
+        action_only (`bool`, *optional*, defaults to `False`):
+            Use the action-only prompt (no chain-of-thought; the paper's no-CoT ablation).
+        invalid_action (`str`, *optional*, defaults to `"random"`):
+            What the env receives when the completion parses to no legal action: `"random"` plays a uniformly random
+            legal action (the paper), `"fixed"` plays `invalid_action_index`. Invalid outputs are always counted
+            (`env/invalid_action_rate`).
+        invalid_action_index (`int`, *optional*, defaults to `0`):
+            Action played for invalid outputs when `invalid_action="fixed"`.
+        invalid_action_penalty (`float`, *optional*, defaults to `0.0`):
+            Added to the env reward of a step whose output was invalid (use a negative number, e.g. `-1.0`).
+
+        > Parameters that control generation
+
+        temperature (`float`, *optional*, defaults to `0.2`):
+            Sampling temperature (paper: 0.2). Log-probabilities are computed at the same temperature.
+        top_p (`float`, *optional*, defaults to `1.0`):
+            Nucleus sampling. Values below 1 make the sampling distribution differ from the one whose log-probs PPO
+            optimizes; keep 1.0 unless you know why.
+        max_new_tokens (`int`, *optional*, defaults to `256`):
+            Maximum completion length (paper: 256).
+
+        > Parameters that control the PPO update
+
+        num_ppo_epochs (`int`, *optional*, defaults to `4`):
+            Passes over each rollout batch (paper: 4).
+        num_mini_batches (`int`, *optional*):
+            Minibatches (optimizer steps) per epoch. Exclusive with `mini_batch_size`.
+        mini_batch_size (`int`, *optional*):
+            Samples per optimizer step, per process. Exclusive with `num_mini_batches`. If neither is given,
+            `per_device_train_batch_size * gradient_accumulation_steps`.
+        cliprange (`float`, *optional*, defaults to `0.1`):
+            PPO ratio clip range (paper: 0.1).
+        cliprange_value (`float` or `None`, *optional*, defaults to `0.1`):
+            Value clip range around the rollout values; `None` disables value clipping.
+        vf_coef (`float`, *optional*, defaults to `0.5`):
+            Value loss coefficient (paper: 0.5).
+        gamma (`float`, *optional*, defaults to `0.9`):
+            Discount factor (paper: 0.9).
+        lam (`float`, *optional*, defaults to `0.95`):
+            GAE lambda (paper: 0.95).
+        whiten_advantages (`bool`, *optional*, defaults to `True`):
+            Normalize advantages over the whole batch (over all processes when distributed).
+        cot_logprob_coef (`float`, *optional*, defaults to `0.5`):
+            λ in `log pi(a|o) = λ * sum log p(CoT tokens) + sum log p(action tokens)` (paper: 0.5, in [0, 1]).
+
+        > Parameters that control the KL penalty and the reference model
+
+        kl_coef (`float`, *optional*, defaults to `0.0`):
+            Coefficient of the KL penalty against the frozen reference policy, subtracted from each step's reward.
+            `0.0` (the paper) loads no reference model at all.
+        kl_estimator (`str`, *optional*, defaults to `"k1"`):
+            Per-token KL estimator, `"k1"` (log-ratio) or `"k3"` (non-negative, lower variance).
+        ref_model_quantization (`str`, *optional*, defaults to `"4bit"`):
+            How a separate reference copy is loaded when the policy is not a PEFT model: `"4bit"` (bitsandbytes
+            nf4), `"8bit"`, or `"none"` (same dtype as the policy). A PEFT policy uses itself with the adapter
+            disabled instead (no extra memory).
+
+        > Parameters that control the model
+
+        value_head_hidden_sizes (`list[int]`, *optional*, defaults to `[1024, 512]`):
+            Hidden layer sizes of the MLP value head on the last prompt token's hidden state (paper:
+            hidden → 1024 → 512 → 1). Kept in float32.
+        train_vision_tower (`bool`, *optional*, defaults to `False`):
+            Also train the vision tower (full fine-tuning only; with PEFT, the LoRA targets decide).
+        model_init_kwargs (`dict`, *optional*):
+            Keyword arguments for `AutoModelForImageTextToText.from_pretrained` when `model` is a string.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Allow model/processor code from the Hub. Off unless you turn it on.
+    """
+
+    # Overridden TrainingArguments defaults
+    learning_rate: float = field(default=1e-5, metadata={"help": "Initial AdamW learning rate (paper: 1e-5)."})
+    lr_scheduler_type: str = field(
+        default="cosine_with_min_lr", metadata={"help": "Scheduler type (paper: cosine from 1e-5 to 1e-9)."}
+    )
+    lr_scheduler_kwargs: dict | str | None = field(
+        default_factory=lambda: {"min_lr": 1e-9},
+        metadata={"help": "Extra scheduler arguments; default `{'min_lr': 1e-9}` (the paper's floor)."},
+    )
+    per_device_train_batch_size: int = field(
+        default=1, metadata={"help": "Samples per forward/backward micro-batch in the PPO update."}
+    )
+    logging_steps: float = field(default=1, metadata={"help": "Log every X PPO updates."})
+    save_steps: float = field(default=10, metadata={"help": "Save a checkpoint every X PPO updates."})
+    activation_checkpointing: bool | None = field(
+        default=True,
+        metadata={"help": "Activation (gradient) checkpointing in the policy (the paper trains with it)."},
+    )
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bf16 mixed precision. Defaults to True where the GPU supports it, False on CPU."},
+    )
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Unused: there is no dataset."})
+    torch_empty_cache_steps: int | None = field(
+        default=None, metadata={"help": "Call `empty_cache` every X steps (costs about 10 percent speed)."}
+    )
+
+    # Environment and rollout
+    num_envs: int = field(default=4, metadata={"help": "Parallel environments per process."})
+    num_steps: int = field(default=128, metadata={"help": "Env steps per env per PPO update."})
+    total_env_steps: int = field(default=15000, metadata={"help": "Total env steps over all processes."})
+    env_kwargs: dict | str | None = field(default=None, metadata={"help": "Keyword arguments for `gymnasium.make`."})
+    action_only: bool = field(default=False, metadata={"help": "Action-only prompt (no CoT)."})
+    invalid_action: str = field(
+        default="random",
+        metadata={"help": "Action for invalid outputs: `random` legal action or `fixed`.", "choices": list(INVALID_ACTION_CHOICES)},
+    )
+    invalid_action_index: int = field(default=0, metadata={"help": "Action for invalid outputs when `fixed`."})
+    invalid_action_penalty: float = field(default=0.0, metadata={"help": "Reward added when the output is invalid."})
+
+    # Generation
+    temperature: float = field(default=0.2, metadata={"help": "Sampling temperature (paper: 0.2)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Maximum completion tokens (paper: 256)."})
+
+    # PPO update
+    num_ppo_epochs: int = field(default=4, metadata={"help": "Epochs over each rollout batch (paper: 4)."})
+    num_mini_batches: int | None = field(default=None, metadata={"help": "Minibatches per epoch."})
+    mini_batch_size: int | None = field(default=None, metadata={"help": "Samples per optimizer step, per process."})
+    cliprange: float = field(default=0.1, metadata={"help": "PPO ratio clip range (paper: 0.1)."})
+    cliprange_value: float | None = field(default=0.1, metadata={"help": "Value clip range; None disables it."})
+    vf_coef: float = field(default=0.5, metadata={"help": "Value loss coefficient (paper: 0.5)."})
+    gamma: float = field(default=0.9, metadata={"help": "Discount factor (paper: 0.9)."})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda (paper: 0.95)."})
+    whiten_advantages: bool = field(default=True, metadata={"help": "Whiten advantages over the global batch."})
+    cot_logprob_coef: float = field(
+        default=0.5, metadata={"help": "Weight λ of the chain-of-thought tokens' log-probs (paper: 0.5)."}
+    )
+
+    # KL and reference
+    kl_coef: float = field(default=0.0, metadata={"help": "KL penalty coefficient; 0 loads no reference model."})
+    kl_estimator: str = field(
+        default="k1", metadata={"help": "KL estimator: k1 or k3.", "choices": list(KL_ESTIMATORS)}
+    )
+    ref_model_quantization: str | None = field(
+        default="4bit",
+        metadata={"help": "Reference copy for non-PEFT policies: 4bit, 8bit or none.", "choices": list(REF_QUANTIZATION_CHOICES)},
+    )
+
+    # Model
+    value_head_hidden_sizes: list[int] = field(
+        default_factory=lambda: [1024, 512], metadata={"help": "Value head MLP hidden sizes (paper: 1024 512)."}
+    )
+    train_vision_tower: bool = field(default=False, metadata={"help": "Train the vision tower (full fine-tuning)."})
+    model_init_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Keyword arguments for `from_pretrained` when `model` is a string."}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
+
+    # Derived in __post_init__ (not arguments)
+    batch_size: int = field(default=0, init=False, metadata={"help": "Derived: num_envs * num_steps."})
+    num_updates: int = field(default=0, init=False, metadata={"help": "Derived: PPO updates in the run."})
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.fp16
+        if self.ref_model_quantization in (None, "None", "null"):
+            self.ref_model_quantization = "none"
+        super().__post_init__()
+        self._validate()
+        self._derive_sizes()
+
+    def _validate(self) -> None:
+        def positive(name: str) -> None:
+            if getattr(self, name) is None or getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)!r}.")
+
+        for name in ("num_envs", "num_steps", "total_env_steps", "num_ppo_epochs", "max_new_tokens", "temperature"):
+            positive(name)
+        for name in ("vf_coef", "kl_coef", "cliprange"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
+        if self.cliprange_value is not None and self.cliprange_value <= 0:
+            raise ValueError("`cliprange_value` must be > 0, or None to disable value clipping.")
+        for name in ("gamma", "lam", "cot_logprob_coef"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1], got {getattr(self, name)}.")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p}.")
+        if self.invalid_action not in INVALID_ACTION_CHOICES:
+            raise ValueError(f"`invalid_action` must be one of {INVALID_ACTION_CHOICES}, got {self.invalid_action!r}.")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"`kl_estimator` must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}.")
+        if self.ref_model_quantization not in REF_QUANTIZATION_CHOICES:
+            raise ValueError(
+                f"`ref_model_quantization` must be one of {REF_QUANTIZATION_CHOICES}, got "
+                f"{self.ref_model_quantization!r}."
+            )
+        if not self.value_head_hidden_sizes or any(int(h) <= 0 for h in self.value_head_hidden_sizes):
+            raise ValueError(f"`value_head_hidden_sizes` must be positive ints, got {self.value_head_hidden_sizes}.")
+
+    def _derive_sizes(self) -> None:
+        self.batch_size = self.num_envs * self.num_steps
+        if self.num_mini_batches is not None and self.mini_batch_size is not None:
+            raise ValueError(
+                "Set either `num_mini_batches` or `mini_batch_size`, not both: each determines the other "
+                f"(batch_size = num_envs * num_steps = {self.batch_size})."
+            )
+        if self.num_mini_batches is not None:
+            if self.num_mini_batches <= 0 or self.batch_size % self.num_mini_batches:
+                raise ValueError(
+                    f"`num_mini_batches` ({self.num_mini_batches}) must be > 0 and divide batch_size = num_envs * "
+                    f"num_steps = {self.batch_size}."
+                )
+            self.mini_batch_size = self.batch_size // self.num_mini_batches
+        elif self.mini_batch_size is None:
+            self.mini_batch_size = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if self.mini_batch_size <= 0 or self.batch_size % self.mini_batch_size:
+            raise ValueError(
+                f"mini_batch_size ({self.mini_batch_size}) must divide batch_size = num_envs * num_steps = "
+                f"{self.batch_size}. Change `num_mini_batches`/`mini_batch_size`, `num_envs` or `num_steps`."
+            )
+        if self.mini_batch_size % self.per_device_train_batch_size:
+            raise ValueError(
+                f"per_device_train_batch_size ({self.per_device_train_batch_size}) must divide mini_batch_size "
+                f"({self.mini_batch_size}); the quotient is the number of gradient accumulation steps."
+            )
+        self.num_mini_batches = self.batch_size // self.mini_batch_size
+        self.gradient_accumulation_steps = self.mini_batch_size // self.per_device_train_batch_size
+        steps_per_update = self.batch_size * max(self.world_size, 1)
+        self.num_updates = self.total_env_steps // steps_per_update
+        if self.num_updates < 1:
+            raise ValueError(
+                f"total_env_steps ({self.total_env_steps}) is smaller than one update "
+                f"(num_envs * num_steps * num_processes = {steps_per_update}). Raise `total_env_steps` or lower "
+                "`num_envs`/`num_steps`."
+            )
+        # `Trainer` state counts PPO updates (logging/saving/progress); the LR schedule counts optimizer steps.
+        self.max_steps = self.num_updates
+
+    @property
+    def optimizer_steps_per_update(self) -> int:
+        return self.num_ppo_epochs * self.num_mini_batches
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}

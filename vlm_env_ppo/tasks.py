@@ -1,0 +1,259 @@
+"""Prompts, action vocabularies and output parsing for the environments: ``Task`` and its registry.
+
+A `Task` holds what the trainer needs to talk to one env: the action names (in the env's index order), the prompt
+that asks for a JSON answer — reasoning first, action last, ``{"thoughts": "...", "action": "+"}``, or the
+action-only variant ``{"action": "+"}`` (the paper's no-CoT ablation) — and the parser that maps the answer back
+to an action index. The four gym_cards tasks of RL4VLM are built in (prompts in the spirit of the paper's, rewritten).
+
+For your own env, make a `Task` and pass it to the trainer (``VLMPPOTrainer(..., task=task)``) or register it:
+
+```python
+>>> from vlm_env_ppo.tasks import Task
+>>> task = Task("MyMaze-v0", ("left", "right"), "You are in a maze. Find the exit.")
+>>> print(task.example_answer("left", thoughts="The exit is on the left."))
+{"thoughts": "The exit is on the left.", "action": "left"}
+>>> task.parse_action('{"thoughts": "Not right: the exit is on the left.", "action": "left"}').action
+0
+
+```
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from .actions import ParsedAction, parse_action
+
+
+DEFAULT_THOUGHTS_HINT = "describe what you see in the image, then think step by step about which action to take"
+
+
+@dataclass(frozen=True)
+class Task:
+    """How to prompt for, and parse, the actions of one environment.
+
+    Args:
+        env_id (`str`):
+            The env id, e.g. ``"gym_cards/NumberLine-v0"``; the key in the registry.
+        action_names (`tuple[str, ...]`):
+            The action names in the env's index order (``action_names[i]`` is env action ``i``). Any sequence of
+            non-empty, distinct strings; stored as a tuple.
+        description (`str`):
+            The task introduction that opens the prompt: what the agent sees and what its goal is.
+        info_text (`Callable[[dict], str]` or `None`, *optional*, defaults to `None`):
+            Text state from the env's ``info`` to add to the prompt after the description (e.g. the formula typed so
+            far). Called with the step's ``info`` dict (possibly empty); return ``""`` to add nothing.
+        thoughts_hint (`str`, *optional*):
+            What the ``"thoughts"`` field should contain; shown in the CoT prompt's JSON template.
+
+    Use `dataclasses.replace` to change one field of a built-in task, e.g. a different description.
+    """
+
+    env_id: str
+    action_names: tuple[str, ...]
+    description: str
+    info_text: Callable[[dict], str] | None = None
+    thoughts_hint: str = DEFAULT_THOUGHTS_HINT
+    _index: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        names = tuple(self.action_names) if not isinstance(self.action_names, str) else None
+        if not names or not all(isinstance(n, str) and n.strip() for n in names):
+            raise ValueError(
+                f"`action_names` must be a non-empty sequence of non-empty strings (one per env action, in index "
+                f"order), got {self.action_names!r}."
+            )
+        if len(set(names)) != len(names):
+            raise ValueError(f"`action_names` must be distinct, got {names!r}.")
+        object.__setattr__(self, "action_names", names)
+        object.__setattr__(self, "_index", {name: i for i, name in enumerate(names)})
+
+    def prompt(self, info: dict | None = None, action_only: bool = False) -> str:
+        """The text prompt for one step: description, optional info text, legal actions and the answer format.
+
+        Args:
+            info (`dict` or `None`): the env's ``info`` for this step, passed to ``info_text``.
+            action_only (`bool`): ask for ``{"action": ...}`` only (no reasoning) instead of thoughts then action.
+        """
+        parts = [self.description.strip()]
+        if self.info_text is not None:
+            state = self.info_text(info if isinstance(info, dict) else {})
+            if state:
+                parts.append(state.strip())
+        parts.append(f"Choose exactly one action from {json.dumps(list(self.action_names), ensure_ascii=False)}.")
+        if action_only:
+            template = '{"action": "<one of the actions above>"}'
+            parts.append(f"Your response should be a valid JSON object in the following format:\n{template}")
+        else:
+            template = f'{{"thoughts": "<{self.thoughts_hint}>", "action": "<one of the actions above>"}}'
+            parts.append(
+                "Your response should be a valid JSON object in the following format, with your reasoning first "
+                f"and the action last:\n{template}"
+            )
+        return "\n".join(parts)
+
+    def build_messages(self, observation, info: dict | None = None, action_only: bool = False) -> list[dict]:
+        """Chat messages for one step: the observation image (if it is one) followed by the prompt.
+
+        Returns ``[{"role": "user", "content": [{"type": "image", "image": PIL.Image}, {"type": "text", "text":
+        prompt}]}]``. A numpy frame (H×W×3 or H×W, uint8) or a PIL image becomes an RGB `PIL.Image.Image`; any other
+        observation (e.g. `None`) gives a text-only message.
+        """
+        content = []
+        image = to_pil_image(observation)
+        if image is not None:
+            content.append({"type": "image", "image": image})
+        content.append({"type": "text", "text": self.prompt(info, action_only=action_only)})
+        return [{"role": "user", "content": content}]
+
+    def parse_action(self, completion: str, info: dict | None = None) -> ParsedAction:
+        """Parse a completion into one of this task's actions (`vlm_env_ppo.actions.parse_action`). Never raises."""
+        return parse_action(completion, self.action_names)
+
+    def example_answer(self, action: str | int, thoughts: str | None = None, action_only: bool = False) -> str:
+        """A correct answer in exactly the format the prompt asks for, e.g. for SFT data.
+
+        Args:
+            action (`str` or `int`): an action name, or its index.
+            thoughts (`str` or `None`): the reasoning (CoT variant only); `None` gives an empty string.
+            action_only (`bool`): produce ``{"action": ...}`` only.
+
+        Example: ``{"thoughts": "The current number 2 is below the target 4.", "action": "+"}``.
+        """
+        if isinstance(action, int) and not isinstance(action, bool):
+            if not 0 <= action < len(self.action_names):
+                raise ValueError(f"Action index {action} is out of range for {len(self.action_names)} actions.")
+            action = self.action_names[action]
+        if action not in self._index:
+            raise ValueError(f"Unknown action {action!r} for {self.env_id}; legal actions: {list(self.action_names)}.")
+        answer = {"action": action} if action_only else {"thoughts": thoughts or "", "action": action}
+        return json.dumps(answer, ensure_ascii=False)
+
+
+def to_pil_image(observation) -> Image.Image | None:
+    """An RGB PIL image from a PIL image or an image-like array (H×W, H×W×1, H×W×3, H×W×4); `None` otherwise."""
+    if isinstance(observation, Image.Image):
+        return observation.convert("RGB")
+    if observation is None or isinstance(observation, (str, bytes, dict)):
+        return None
+    try:
+        array = np.asarray(observation)
+    except Exception:  # e.g. a ragged sequence: not an image
+        return None
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4))) or 0 in array.shape:
+        return None
+    numeric = np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    if array.dtype == np.bool_ or not numeric:
+        return None
+    if array.dtype != np.uint8:  # floats in [0, 1] are scaled; everything else is clipped to [0, 255]
+        scale = 255.0 if np.issubdtype(array.dtype, np.floating) and array.size and np.nanmax(array) <= 1.0 else 1.0
+        array = np.clip(np.nan_to_num(array.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
+
+
+# ---------------------------------------------------------------------------------------------------- gym_cards
+def formula_text(info: dict) -> str:
+    """The points games' formula typed so far, from ``info["formula_text"]`` or the tokens in ``info["Formula"]``."""
+    text = info.get("formula_text")
+    if not isinstance(text, str):
+        tokens = info.get("Formula") or []
+        text = "".join(str(t) for t in tokens) if isinstance(tokens, (list, tuple)) else str(tokens)
+    return f"The current formula is: {text}" if text else "The current formula is empty."
+
+
+_NUMBERS = tuple(str(i) for i in range(1, 11))
+
+NUMBER_LINE = Task(
+    env_id="gym_cards/NumberLine-v0",
+    action_names=("-", "+"),
+    description=(
+        "You are playing a game called number line. You will see a target number and a current number in the "
+        "image. Your goal is to move the current number to the target number, one step at a time: "
+        '"+" adds one to the current number and "-" subtracts one from it.'
+    ),
+    thoughts_hint="first read the current number and the target number, then decide which action brings the current "
+    "number closer to the target",
+)
+
+EZ_POINTS = Task(
+    env_id="gym_cards/EZPoints-v0",
+    action_names=_NUMBERS + ("+", "*", "="),
+    description=(
+        "You are an expert card game player. You see two playing cards in the image. Your goal is to type a formula "
+        "that evaluates to 12, using the number of each card exactly once; 'J', 'Q' and 'K' count as 10. Each "
+        "number or operator you choose is appended to the current formula, and '=' submits it."
+    ),
+    info_text=formula_text,
+    thoughts_hint="first read the two cards and check whether the current formula is complete; if it is, choose "
+    "'=', otherwise decide which number or operator to append so that the formula evaluates to 12",
+)
+
+POINTS_24 = Task(
+    env_id="gym_cards/Points24-v0",
+    action_names=_NUMBERS + ("+", "-", "*", "/", "(", ")", "="),
+    description=(
+        "You are an expert player of the 24 points card game. You see four playing cards in the image. Your goal is "
+        "to type a formula that evaluates to 24, using the number of each card exactly once; 'J', 'Q' and 'K' count "
+        "as 10. Each number, operator or parenthesis you choose is appended to the current formula, and '=' submits "
+        "it."
+    ),
+    info_text=formula_text,
+    thoughts_hint="first read the four cards and check whether the current formula already evaluates to 24; if it "
+    "does, choose '=', otherwise decide which number, operator or parenthesis to append to reach 24",
+)
+
+BLACKJACK = Task(
+    env_id="gym_cards/Blackjack-v0",
+    action_names=("stand", "hit"),
+    description=(
+        "You are a blackjack player. The image shows the dealer's face-up card and your cards. You win if your "
+        "total ends closer to 21 than the dealer's without going over 21. Choose \"hit\" to take another card or "
+        '"stand" to keep your total and end your turn.'
+    ),
+    thoughts_hint="first add up your points and note the dealer's visible card, then decide whether to hit or stand",
+)
+
+# The one-step probe of `vlm_env_ppo.envs.probe`: the learning test's and the quickstart's task.
+COLOR_CHOICE = Task(
+    env_id="vlm_env_ppo/ColorChoice-v0",
+    action_names=("red", "blue"),
+    description="The image is filled with a single colour. Say which colour it is.",
+    thoughts_hint="describe the colour of the image",
+)
+
+TASKS: dict[str, Task] = {
+    task.env_id: task for task in (NUMBER_LINE, EZ_POINTS, POINTS_24, BLACKJACK, COLOR_CHOICE)
+}
+
+
+def register_task(task: Task) -> Task:
+    """Add ``task`` to `TASKS` under ``task.env_id`` (replacing any task with that id) and return it."""
+    if not isinstance(task, Task):
+        raise TypeError(f"`register_task` expects a Task, got {type(task).__name__}.")
+    TASKS[task.env_id] = task
+    return task
+
+
+def get_task(env_id: str) -> Task:
+    """The registered `Task` for ``env_id``.
+
+    Raises:
+        `KeyError`: no task is registered for ``env_id``; the message lists the known ids and how to add one.
+    """
+    try:
+        return TASKS[env_id]
+    except (KeyError, TypeError):
+        pass
+    raise KeyError(
+        f"No task is registered for env id {env_id!r}. Known ids: {sorted(TASKS)}. For your own env, build "
+        "`vlm_env_ppo.tasks.Task(env_id, action_names, description)` and pass it as `VLMPPOTrainer(..., task=task)` "
+        "or call `register_task(task)`; or subclass VLMPPOTrainer and override `build_messages(observation, info)` "
+        "and `parse_action(completion, info)`."
+    )
