@@ -29,12 +29,12 @@ from .losses import explained_variance, policy_loss, value_loss
 from .models.loading import (
     disable_bnb_cpu_repacking,
     freeze_vision_tower,
+    generation_suppress_token_ids,
     get_tokenizer,
     load_policy,
     load_processor,
     load_reference_model,
 )
-from .models.tiny import generation_suppress_token_ids
 from .models.value_head import VALUE_HEAD_WEIGHTS, ValueHead, policy_forward, text_hidden_size
 from .rollout import EnvSpec, EpisodeStats, make_vector_env, unbatch_infos
 from .tasks import Task, get_task
@@ -209,8 +209,8 @@ class VLMPPOTrainer(BaseTrainer):
             add_generation_prompt=True,
             tokenize=True,
             return_dict=True,
-            padding=True,
             return_tensors="pt",
+            processor_kwargs={"padding": True},
         )
 
     # ------------------------------------------------------------------ rollout

@@ -86,3 +86,27 @@ def load_reference_model(name_or_path: str, quantization: str, dtype: torch.dtyp
     disable_bnb_cpu_repacking(ref)
     ref.eval().requires_grad_(False)
     return ref
+
+
+def generation_suppress_token_ids(processing_class, model_config) -> list[int]:
+    """Token ids the policy must never sample: image/video placeholders and every special token but EOS.
+
+    Random and lightly trained models do sample them, and an image token in a completion breaks the next forward
+    (the model expects pixel features for it). TRL's GRPO suppresses the image token for the same reason.
+    """
+    tokenizer = get_tokenizer(processing_class)
+    keep = set()
+    for attr in ("eos_token_id",):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            keep.add(value)
+    suppress = set(getattr(tokenizer, "all_special_ids", []) or [])
+    for key in ("image_token_id", "image_token_index", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
+        value = getattr(model_config, key, None)
+        if isinstance(value, int):
+            suppress.add(value)
+    for attr in ("image_token_id", "video_token_id"):
+        value = getattr(processing_class, attr, None)
+        if isinstance(value, int):
+            suppress.add(value)
+    return sorted(i for i in suppress - keep if i is not None and i >= 0)

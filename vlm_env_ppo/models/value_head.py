@@ -53,6 +53,11 @@ def concat_prompt_completion(
         if key in prompt_inputs:
             ext = completion_mask if key == "attention_mask" else torch.zeros_like(completion_ids)
             inputs[key] = torch.cat([prompt_inputs[key], ext.to(prompt_inputs[key].dtype)], dim=1)
+    if "image_grid_thw" not in inputs and "attention_mask" in inputs:
+        # Positions count real tokens only, so a sample's log-probs do not depend on how much left padding its
+        # micro-batch needs (rollout and update batch samples differently). Qwen-VL (`image_grid_thw`) computes its
+        # 3D rope positions from the attention mask itself.
+        inputs["position_ids"] = (inputs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
     return inputs
 
 
