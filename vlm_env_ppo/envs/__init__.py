@@ -1,0 +1,70 @@
+"""The gym_cards environments of RL4VLM (Zhai et al., NeurIPS 2024), rebuilt: pixel observations drawn with
+Pillow, exact arithmetic, seeding through ``np_random`` only.
+
+Importing this package registers, with gymnasium:
+
+- ``gym_cards/NumberLine-v0`` (`NumberLineEnv`), ``gym_cards/EZPoints-v0`` (`EZPointsEnv`),
+  ``gym_cards/Points24-v0`` (`Points24Env`), ``gym_cards/Blackjack-v0`` (`BlackjackEnv`): the paper's ids, so its
+  users can switch;
+- ``vlm_env_ppo/ColorChoice-v0`` (`vlm_env_ppo.envs.probe.ColorChoiceEnv`): a one-step visual probe for tests.
+
+Registration is idempotent: ids already in ``gymnasium.envs.registry`` are left alone.
+
+```python
+>>> import gymnasium as gym
+>>> import vlm_env_ppo.envs
+>>> env = gym.make("gym_cards/Points24-v0")
+>>> frame, info = env.reset(seed=0)
+>>> frame.shape, sorted(info)[:4]
+((300, 300, 3), ['Cards', 'Formula', 'Numbers', 'Suits'])
+
+```
+"""
+
+from __future__ import annotations
+
+from gymnasium.envs.registration import register, registry
+
+from .blackjack import BlackjackEnv
+from .ez_points import EZPointsEnv
+from .number_line import NumberLineEnv
+from .points24 import Points24Env
+from .probe import ColorChoiceEnv
+
+ENTRY_POINTS = {
+    "gym_cards/NumberLine-v0": "vlm_env_ppo.envs.number_line:NumberLineEnv",
+    "gym_cards/EZPoints-v0": "vlm_env_ppo.envs.ez_points:EZPointsEnv",
+    "gym_cards/Points24-v0": "vlm_env_ppo.envs.points24:Points24Env",
+    "gym_cards/Blackjack-v0": "vlm_env_ppo.envs.blackjack:BlackjackEnv",
+    "vlm_env_ppo/ColorChoice-v0": "vlm_env_ppo.envs.probe:ColorChoiceEnv",
+}
+
+# Env id -> action names in the env's index order (``ACTION_NAMES[env_id][i]`` is action ``i``), default arguments.
+ACTION_NAMES: dict[str, tuple[str, ...]] = {
+    "gym_cards/NumberLine-v0": NumberLineEnv.ACTION_NAMES,
+    "gym_cards/EZPoints-v0": EZPointsEnv.ACTION_NAMES,
+    "gym_cards/Points24-v0": Points24Env.ACTION_NAMES,
+    "gym_cards/Blackjack-v0": BlackjackEnv.ACTION_NAMES,
+    "vlm_env_ppo/ColorChoice-v0": ColorChoiceEnv.ACTION_NAMES,
+}
+
+
+def register_envs() -> None:
+    """Register every env of `ENTRY_POINTS` that gymnasium does not know yet (safe to call any number of times)."""
+    for env_id, entry_point in ENTRY_POINTS.items():
+        if env_id not in registry:
+            register(id=env_id, entry_point=entry_point)
+
+
+register_envs()
+
+__all__ = [
+    "ACTION_NAMES",
+    "ENTRY_POINTS",
+    "BlackjackEnv",
+    "ColorChoiceEnv",
+    "EZPointsEnv",
+    "NumberLineEnv",
+    "Points24Env",
+    "register_envs",
+]
