@@ -17,7 +17,7 @@ from gymnasium import spaces
 from peft import PeftConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import PreTrainedModel, TrainerCallback
+from transformers import PreTrainedModel, TrainerCallback, set_seed
 
 from ._trl import BaseTrainer
 from .actions import ParsedAction
@@ -117,6 +117,7 @@ class VLMPPOTrainer(BaseTrainer):
     ):
         if not isinstance(args, VLMPPOConfig):
             raise TypeError(f"`args` must be a VLMPPOConfig, got {type(args).__name__}.")
+        set_seed(args.seed)  # LoRA and value-head initialisation happen before Trainer.__init__ seeds
         self.env_id = env if isinstance(env, str) else None
         self.task = task if task is not None else (get_task(env) if isinstance(env, str) else None)
 
@@ -184,7 +185,9 @@ class VLMPPOTrainer(BaseTrainer):
             )
         self.env_seed = args.seed + self.accelerator.process_index * args.num_envs
         self._np_rng = np.random.default_rng(self.env_seed)
-        self.suppress_token_ids = generation_suppress_token_ids(processing_class, policy.config)
+        self.suppress_token_ids = generation_suppress_token_ids(
+            processing_class, policy.config, keep_ids=_as_list(policy.generation_config.eos_token_id)
+        )
         self.episode_stats = EpisodeStats(args.num_envs)
         self.env_steps = 0
         self.parse_errors = 0
@@ -226,8 +229,10 @@ class VLMPPOTrainer(BaseTrainer):
             parsed = self.parse_action(text, info)
         except Exception:  # a bug in a user hook must not lose the run: counted, logged, treated as invalid
             self.parse_errors += 1
-            logger.exception("parse_action raised; the output is treated as invalid.")
-            return ParsedAction(None, False, None)
+            if self.parse_errors == 1:
+                logger.exception("parse_action raised; such outputs are treated as invalid and counted in "
+                                 "`generation/parse_errors` (only this first traceback is shown).")
+            return ParsedAction(None, False, None, "parse_error")
         if parsed.valid and not (parsed.action is not None and 0 <= parsed.action < self.action_space.n):
             self.parse_errors += 1
             logger.warning("parse_action returned out-of-range action %r; treated as invalid.", parsed.action)
@@ -535,6 +540,10 @@ def load_value_head(path: str) -> ValueHead:
     head = ValueHead(config["hidden_size"], config["hidden_sizes"])
     head.load_state_dict(load_file(file))
     return head
+
+
+def _as_list(value) -> list[int]:
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _mask_after_eos(completion_ids: torch.Tensor, eos_token_id, tokenizer) -> torch.Tensor:

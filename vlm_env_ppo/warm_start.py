@@ -55,7 +55,7 @@ def teach_answer_format(trainer, steps: int = 60, learning_rate: float = 3e-3, s
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         obs, _, _, _, infos = envs.step(actions + int(trainer.action_space.start))
         infos = unbatch_infos(infos, envs.num_envs)
     model.eval()

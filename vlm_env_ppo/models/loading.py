@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -88,25 +89,68 @@ def load_reference_model(name_or_path: str, quantization: str, dtype: torch.dtyp
     return ref
 
 
-def generation_suppress_token_ids(processing_class, model_config) -> list[int]:
-    """Token ids the policy must never sample: image/video placeholders and every special token but EOS.
+def generation_suppress_token_ids(processor_or_tokenizer, model_config, keep_ids: Iterable[int] = ()) -> list[int]:
+    """Token ids a policy must never sample, for ``generate(suppress_tokens=...)``.
 
-    Random and lightly trained models do sample them, and an image token in a completion breaks the next forward
-    (the model expects pixel features for it). TRL's GRPO suppresses the image token for the same reason.
+    Random (and lightly trained) VLMs do sample image and special tokens, and an image token in a completion breaks
+    the next forward: the model expects pixel features for each one (TRL's GRPO suppresses ``config.image_token_id``
+    for that reason). This returns every id of:
+
+    - the tokenizer's special tokens: named ones and every added token flagged ``special`` (chat markers,
+      ``<image>``, Qwen's ``<|vision_start|>``, Idefics3's ``<row_i_col_j>`` ... — note that Idefics3Processor
+      *replaces* the tokenizer's extra special tokens list, so ``all_special_ids`` alone misses some);
+    - the config's ``*_token_id`` / ``*_token_index`` fields (image, video, vision start/end ...), text config too;
+    - the processor's ``*_token_id`` attributes and id lists (Idefics3's ``fake_image_token_id``,
+      ``global_image_token_id``, ``row_col_ids`` ...),
+
+    except EOS (the tokenizer's, the config's, and ``keep_ids``, e.g. ``generation_config.eos_token_id``) so the
+    model can stop. PAD is suppressed when it differs from EOS: generate writes PAD after EOS itself.
     """
-    tokenizer = get_tokenizer(processing_class)
-    keep = set()
-    for attr in ("eos_token_id",):
-        value = getattr(tokenizer, attr, None)
-        if value is not None:
-            keep.add(value)
-    suppress = set(getattr(tokenizer, "all_special_ids", []) or [])
-    for key in ("image_token_id", "image_token_index", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
-        value = getattr(model_config, key, None)
-        if isinstance(value, int):
-            suppress.add(value)
-    for attr in ("image_token_id", "video_token_id"):
-        value = getattr(processing_class, attr, None)
-        if isinstance(value, int):
-            suppress.add(value)
-    return sorted(i for i in suppress - keep if i is not None and i >= 0)
+    tokenizer = getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
+    keep: set[int] = set()
+    for value in (
+        getattr(tokenizer, "eos_token_id", None),
+        *_config_values(model_config, ("eos_token_id",)),
+        *keep_ids,
+    ):
+        keep.update(_as_ids(value))
+
+    suppress: set[int] = set(getattr(tokenizer, "all_special_ids", None) or [])
+    for token_id, added in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
+        if getattr(added, "special", False):
+            suppress.add(int(token_id))
+    for key, value in _config_items(model_config):
+        if key != "eos_token_id" and key.endswith(("_token_id", "_token_index")):
+            suppress.update(_as_ids(value))
+    if processor_or_tokenizer is not tokenizer:
+        for key, value in vars(processor_or_tokenizer).items():
+            if key.endswith(("_token_id", "_token_ids")) or key == "row_col_ids":
+                suppress.update(_as_ids(value))
+    vocab = len(tokenizer) if hasattr(tokenizer, "__len__") else None
+    return sorted(i for i in suppress - keep if i >= 0 and (vocab is None or i < vocab))
+
+
+def _config_items(config):
+    if config is None:
+        return []
+    items = list(config.to_dict().items()) if hasattr(config, "to_dict") else list(vars(config).items())
+    sub = config.get_text_config() if hasattr(config, "get_text_config") else None
+    if sub is not None and sub is not config:
+        items += list(sub.to_dict().items())
+    return [(k, v) for k, v in items if not isinstance(v, dict)]
+
+
+def _config_values(config, keys):
+    return [v for k, v in _config_items(config) if k in keys]
+
+
+def _as_ids(value) -> list[int]:
+    if isinstance(value, bool) or value is None:
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, (list, tuple, set)):
+        return [int(v) for v in value if isinstance(v, int) and not isinstance(v, bool)]
+    if isinstance(value, torch.Tensor) and not value.is_floating_point():
+        return [int(v) for v in value.flatten().tolist()]
+    return []

@@ -1,0 +1,449 @@
+"""Tiny random-weight vision-language models, built offline, for tests, benchmarks and the quickstart.
+
+``build_tiny_vlm(family, output_dir)`` writes a checkpoint directory that loads back through exactly the code path a
+user's Hub model takes (``AutoModelForImageTextToText.from_pretrained`` / ``AutoProcessor.from_pretrained``, never
+``trust_remote_code``): transformers config classes with ~64-wide, 2-layer text and vision towers, a small
+byte-level BPE tokenizer trained here with `tokenizers` (no download), a chat template, and the family's own
+processor around a PIL image processor.
+
+```python
+>>> from transformers import AutoModelForImageTextToText, AutoProcessor
+>>> path = build_tiny_vlm("llava_next", tmp_dir)                        # doctest: +SKIP
+>>> model = AutoModelForImageTextToText.from_pretrained(path)           # doctest: +SKIP
+>>> processor = AutoProcessor.from_pretrained(path)                     # doctest: +SKIP
+```
+
+Working without torchvision (DESIGN.md §6):
+
+- Image processors: transformers 5 has two backends per image processor, torchvision (the plain class name, e.g.
+  ``Qwen2VLImageProcessor``) and PIL/numpy (``...ImageProcessorPil``). We build the ``...Pil`` class; the saved
+  ``image_processor_type`` is the plain name, which ``AutoImageProcessor`` maps to the PIL backend when torchvision
+  is missing (and to the torchvision one when it is installed).
+- Video processors have no PIL backend, and in transformers 5.23 a processor that owns a ``video_processor``
+  (Qwen2.5-VL, Qwen3-VL, SmolVLM) can be neither built nor loaded without torchvision, even for images only. Tiny
+  Qwen2.5-VL checkpoints store a bare ``VideoProcessorMixin`` as video processor, and
+  `allow_video_processors_without_torchvision` (run on ``import vlm_env_ppo.models``) makes transformers accept
+  it. So: a tiny Qwen2.5-VL loads with ``AutoProcessor`` in any process that imported ``vlm_env_ppo.models`` (the
+  trainer does); without that import and without torchvision, ``AutoProcessor`` raises "requires torchvision".
+- Idefics3 (SmolVLM's architecture) has no video sub-processor, which is why it stands in for SmolVLM here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+
+import torch
+
+TINY_FAMILIES = ("llava", "llava_next", "qwen2_5_vl", "idefics3")
+
+# Shared by all families: chat markers and the usual special tokens. Family image tokens are added per family.
+BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
+CHAT_TOKENS = ("<|user|>", "<|assistant|>", "<|system|>")
+
+# The image placeholder each family's processor expands into image tokens, and the special tokens it needs.
+_IMAGE_PLACEHOLDER = {
+    "llava": "<image>",
+    "llava_next": "<image>",
+    "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+    "idefics3": "<image>",
+}
+_FAMILY_SPECIAL_TOKENS = {
+    "llava": ("<image>",),
+    "llava_next": ("<image>",),
+    "qwen2_5_vl": ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"),
+    # Idefics3Processor adds "<fake_token_around_image>", "<image>" and "<end_of_utterance>" itself, but reads the
+    # ids of "<global-img>" and "<row_i_col_j>" (i, j in 1..6) from the vocabulary: they must exist as tokens.
+    "idefics3": ("<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>")
+    + tuple(f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)),
+}
+
+
+# ------------------------------------------------------------------------------------------------------- tokenizer
+def _chat_template(image_placeholder: str) -> str:
+    """A Jinja chat template: ``<s><|user|>\\n{content}</s>\\n<|assistant|>\\n{answer}</s>\\n``.
+
+    Content may be a string or a list of ``{"type": "image"}`` / ``{"type": "text", "text": ...}`` parts (the
+    format of `Task.build_messages` and TRL). The assistant turn is wrapped in ``{% generation %}`` so TRL's
+    ``assistant_only_loss`` works, and ends with EOS so a model trained on it learns to stop.
+    """
+    content = (
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for part in message['content'] %}"
+        "{% if part['type'] == 'image' %}" + image_placeholder + ""
+        "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}"
+    )
+    return (
+        "{{ bos_token }}"
+        "{% for message in messages %}"
+        "{{ '<|' + message['role'] + '|>\\n' }}"
+        "{% if message['role'] == 'assistant' %}"
+        "{% generation %}" + content + "{{ eos_token }}{% endgeneration %}"
+        "{% else %}" + content + "{{ eos_token }}{% endif %}"
+        "{{ '\\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+    )
+
+
+def default_corpus() -> list[str]:
+    """The built-in training text of the tiny tokenizer: answers, prompts and words of the built-in tasks."""
+    texts = []
+    ops = ["+", "-", "*", "/", "(", ")", "="]
+    actions = [str(i) for i in range(1, 11)] + ops + ["stand", "hit", "red", "blue", "left", "right"]
+    for a in actions:
+        texts.append(json.dumps({"thoughts": "I look at the image and think step by step.", "action": a}))
+        texts.append(json.dumps({"action": a}))
+    for t in range(25):
+        for c in (0, 3, 7, 12, 24):
+            texts.append(
+                json.dumps({"thoughts": f"The current number is {c} and the target number is {t}.", "action": "+"})
+            )
+    texts += [" ".join(str(i) for i in range(25)), " ".join(ops), "0 1 2 3 4 5 6 7 8 9 10 11 12 21 24"]
+    cards = ["A", "2", "3", "4", "5", "6", "7", "8", "9", "10", "J", "Q", "K", "ace", "jack", "queen", "king"]
+    texts.append("The cards are " + ", ".join(cards) + ". 'J', 'Q' and 'K' count as 10.")
+    texts += [
+        "You are playing a game called number line. You will see a target number and a current number in the image.",
+        "Your goal is to move the current number to the target number, one step at a time.",
+        "You are an expert card game player. You see two playing cards in the image.",
+        "Your goal is to type a formula that evaluates to 12 or 24, using the number of each card exactly once.",
+        "Each number or operator you choose is appended to the current formula, and '=' submits it.",
+        "The current formula is: 3+9. The current formula is empty.",
+        "You are a blackjack player. The image shows the dealer's face-up card and your cards.",
+        'Choose "hit" to take another card or "stand" to keep your total and end your turn.',
+        (
+            "Choose exactly one action from the list. Your response should be a valid JSON object in the following "
+            "format, with your reasoning first and the action last:"
+        ),
+        "describe what you see in the image, then think step by step about which action to take",
+        "The image is filled with a single colour. Say which colour it is. Target: Current: Formula:",
+    ]
+    from ..tasks import (
+        TASKS,  # the real prompts of the registered tasks, so they tokenize compactly
+    )
+
+    for task in TASKS.values():
+        texts += [task.prompt({}), task.prompt({}, action_only=True)]
+    return texts
+
+
+def train_tiny_tokenizer(
+    vocab_size: int = 1024,
+    extra_texts: Iterable[str] = (),
+    special_tokens: Sequence[str] = (),
+    image_placeholder: str = "<image>",
+):
+    """Train a small byte-level BPE tokenizer offline and wrap it as a `PreTrainedTokenizerFast`.
+
+    Args:
+        vocab_size: target vocabulary size (the BPE stops earlier if the corpus runs out of merges).
+        extra_texts: more training text, appended to `default_corpus`.
+        special_tokens: extra special tokens (e.g. a family's image tokens), added after training so they are
+            never split.
+        image_placeholder: what the chat template writes for an ``{"type": "image"}`` part.
+
+    Returns a tokenizer with ``<s>`` / ``</s>`` / ``<pad>`` / ``<unk>``, chat markers and a chat template. It adds no
+    BOS itself (the chat template writes it), so ``processor(text=chat_text)`` gives exactly one BOS.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    base_specials = [BOS, EOS, PAD, UNK, *CHAT_TOKENS]
+    tok = Tokenizer(models.BPE(unk_token=None))  # byte-level: every string is representable, no UNK needed
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=1,
+        special_tokens=base_specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([*default_corpus(), *extra_texts], trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        clean_up_tokenization_spaces=False,
+    )
+    extra = [t for t in [*CHAT_TOKENS, *special_tokens] if t not in (BOS, EOS, PAD, UNK)]
+    tokenizer.add_special_tokens({"additional_special_tokens": list(dict.fromkeys(extra))})
+    tokenizer.chat_template = _chat_template(image_placeholder)
+    return tokenizer
+
+
+# ------------------------------------------------------------------------------------------- torchvision-free video
+def allow_video_processors_without_torchvision() -> None:
+    """Let processors that own a ``video_processor`` (Qwen2-VL / 2.5-VL / 3-VL, SmolVLM ...) work without torchvision.
+
+    transformers 5.23 checks each sub-processor's class in ``ProcessorMixin.check_argument_for_proper_class`` by
+    looking ``VideoProcessorMixin`` up on the ``transformers`` module, which exports it only when torchvision is
+    installed; the fallback lookup then crashes on the torchvision dummy of ``VIDEO_PROCESSOR_MAPPING``. So such a
+    processor can be neither built nor loaded, even with no video in sight. ``VideoProcessorMixin`` itself needs no
+    torchvision, so we export it (on the module object ``processing_utils`` resolves names on, too). Tiny checkpoints
+    then store a bare ``VideoProcessorMixin`` as their video processor (``"video_processor_type":
+    "VideoProcessorMixin"``), which ``AutoVideoProcessor`` resolves to that same class: images work, videos would
+    raise. A no-op when torchvision is installed; idempotent. `vlm_env_ppo.models` calls it on import.
+    """
+    import transformers
+    from transformers import processing_utils
+    from transformers.utils import is_torchvision_available
+
+    if is_torchvision_available():
+        return
+    from transformers.video_processing_utils import VideoProcessorMixin
+
+    for module in {id(m): m for m in (transformers, processing_utils.transformers_module)}.values():
+        if not hasattr(module, "VideoProcessorMixin"):
+            module.VideoProcessorMixin = VideoProcessorMixin
+
+
+def _stub_video_processor():
+    """A bare ``VideoProcessorMixin``: loads with or without torchvision, so the checkpoint is the same either way.
+
+    Enough for image-only use; passing ``videos=`` to the processor raises. See
+    `allow_video_processors_without_torchvision`.
+    """
+    allow_video_processors_without_torchvision()
+    from transformers.video_processing_utils import VideoProcessorMixin
+
+    return VideoProcessorMixin()
+
+
+# ------------------------------------------------------------------------------------------------------- models
+_WIDTH = 64  # hidden size of both towers; bitsandbytes 4-bit needs layer input sizes that are multiples of 64
+
+
+def _text_kwargs(tokenizer, **overrides) -> dict:
+    kwargs = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": _WIDTH,
+        "intermediate_size": 2 * _WIDTH,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "tie_word_embeddings": False,
+    }
+    kwargs.update(overrides)
+    return kwargs
+
+
+def _vision_kwargs(**overrides) -> dict:
+    kwargs = {"hidden_size": _WIDTH, "intermediate_size": 2 * _WIDTH, "num_hidden_layers": 2, "num_attention_heads": 4}
+    kwargs.update(overrides)
+    return kwargs
+
+
+def _tokenizer_for(family: str, vocab_size: int, extra_texts: Iterable[str]):
+    return train_tiny_tokenizer(
+        vocab_size=vocab_size,
+        extra_texts=extra_texts,
+        special_tokens=_FAMILY_SPECIAL_TOKENS[family],
+        image_placeholder=_IMAGE_PLACEHOLDER[family],
+    )
+
+
+def _build_llava(tokenizer, next_: bool, overrides: dict):
+    """LLaVA-1.5 / LLaVA-NeXT (= the paper's LLaVA-1.6): CLIP tower (32 px, 8 px patches) + Llama.
+
+    A 300×300 frame gives 16 image tokens (LLaVA) or 16 base + 64 any-res + 8 newline = 88 (LLaVA-NeXT, 2×2 grid of
+    32 px crops from the ``[[32, 64], [64, 32], [64, 64]]`` pinpoints, plus the base image).
+    """
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaNextConfig,
+        LlavaNextImageProcessorPil,
+        LlavaNextProcessor,
+        LlavaProcessor,
+    )
+
+    image_size, patch_size = overrides.pop("image_size", 32), overrides.pop("patch_size", 8)
+    pinpoints = overrides.pop(
+        "image_grid_pinpoints",
+        [[image_size, 2 * image_size], [2 * image_size, image_size], [2 * image_size, 2 * image_size]],
+    )
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    vision = CLIPVisionConfig(**_vision_kwargs(image_size=image_size, patch_size=patch_size, projection_dim=_WIDTH))
+    text = LlamaConfig(**_text_kwargs(tokenizer, **overrides.pop("text_config", {})))
+    common = {
+        "text_config": text,
+        "vision_config": vision,
+        "image_token_index": image_token_id,
+        "image_seq_length": (image_size // patch_size) ** 2,
+        "vision_feature_layer": -2,
+        "vision_feature_select_strategy": "default",
+        "tie_word_embeddings": False,
+    }
+    image_kwargs = {"size": {"shortest_edge": image_size}, "crop_size": {"height": image_size, "width": image_size}}
+    processor_kwargs = {
+        "patch_size": patch_size,
+        "vision_feature_select_strategy": "default",
+        "num_additional_image_tokens": 1,
+        "chat_template": tokenizer.chat_template,
+    }
+    if next_:
+        config = LlavaNextConfig(**common, image_grid_pinpoints=pinpoints, **overrides)
+        image_processor = LlavaNextImageProcessorPil(**image_kwargs, image_grid_pinpoints=pinpoints)
+        processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, **processor_kwargs)
+    else:
+        config = LlavaConfig(**common, **overrides)
+        processor = LlavaProcessor(
+            image_processor=CLIPImageProcessorPil(**image_kwargs), tokenizer=tokenizer, **processor_kwargs
+        )
+    return config, processor
+
+
+def _build_qwen2_5_vl(tokenizer, overrides: dict):
+    """Qwen2.5-VL: 14 px patches merged 2×2; at most 168×168 px per image, so a 300×300 frame gives 36 tokens.
+
+    Its processor owns a video processor, which needs torchvision: see `allow_video_processors_without_torchvision`.
+    """
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessorPil,
+    )
+
+    max_side = overrides.pop("max_image_side", 168)
+    head_dim = _WIDTH // 4
+    text = dict(
+        _text_kwargs(tokenizer),
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+    )  # sums to head_dim / 2
+    assert sum(text["rope_parameters"]["mrope_section"]) == head_dim // 2
+    text.update(overrides.pop("text_config", {}))
+    vision = {
+        "depth": 2,
+        "hidden_size": _WIDTH,
+        "intermediate_size": 2 * _WIDTH,
+        "num_heads": 4,
+        "out_hidden_size": _WIDTH,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 56,
+        "fullatt_block_indexes": [1],
+    }
+    vision.update(overrides.pop("vision_config", {}))
+    config = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+        tie_word_embeddings=False,
+        **overrides,
+    )
+    image_processor = Qwen2VLImageProcessorPil(
+        size={"shortest_edge": 56 * 56, "longest_edge": max_side * max_side},
+        patch_size=14,
+        temporal_patch_size=2,
+        merge_size=2,
+    )
+    processor = Qwen2_5_VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=_stub_video_processor(),
+        chat_template=tokenizer.chat_template,
+    )
+    return config, processor
+
+
+def _build_idefics3(tokenizer, overrides: dict):
+    """Idefics3 (SmolVLM's architecture): SigLIP-style tower (32 px, 8 px patches), pixel shuffle ×2, Llama.
+
+    A 300×300 frame is resized to 64 px, split into 2×2 crops of 32 px plus a global view: 5 × 4 = 20 image tokens,
+    plus the processor's row/column and wrapper tokens.
+    """
+    from transformers import (
+        Idefics3Config,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+        LlamaConfig,
+    )
+
+    image_size, patch_size = overrides.pop("image_size", 32), overrides.pop("patch_size", 8)
+    scale_factor = 2
+    image_seq_len = (image_size // patch_size) ** 2 // scale_factor**2
+    text = LlamaConfig(**_text_kwargs(tokenizer, **overrides.pop("text_config", {})))
+    vision = dict(_vision_kwargs(image_size=image_size, patch_size=patch_size))
+    config = Idefics3Config(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        scale_factor=scale_factor,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        **overrides,
+    )
+    image_processor = Idefics3ImageProcessorPil(
+        size={"longest_edge": 2 * image_size}, max_image_size={"longest_edge": image_size}
+    )
+    processor = Idefics3Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        image_seq_len=image_seq_len,
+        chat_template=tokenizer.chat_template,
+    )
+    return config, processor
+
+
+def create_tiny_vlm(
+    family: str, *, seed: int = 0, vocab_size: int = 1024, extra_texts: Iterable[str] = (), **overrides
+):
+    """A tiny random-weight VLM and its processor, in memory: ``(model, processor)``. See `build_tiny_vlm`."""
+    from transformers import AutoModelForImageTextToText
+
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"Unknown tiny VLM family {family!r}; choose one of {TINY_FAMILIES}.")
+    tokenizer = _tokenizer_for(family, vocab_size, tuple(extra_texts))
+    overrides = dict(overrides)
+    if family in ("llava", "llava_next"):
+        config, processor = _build_llava(tokenizer, family == "llava_next", overrides)
+    elif family == "qwen2_5_vl":
+        config, processor = _build_qwen2_5_vl(tokenizer, overrides)
+    else:
+        config, processor = _build_idefics3(tokenizer, overrides)
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config)
+    model.eval()
+    generation_config = model.generation_config
+    generation_config.bos_token_id = tokenizer.bos_token_id
+    generation_config.eos_token_id = tokenizer.eos_token_id
+    generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, processor
+
+
+def build_tiny_vlm(family: str, output_dir: str | os.PathLike, *, seed: int = 0, **overrides) -> str:
+    """Build a tiny random-weight VLM and its processor, save both to ``output_dir`` and return the path.
+
+    Args:
+        family: one of `TINY_FAMILIES`: ``"llava"``, ``"llava_next"`` (the paper's LLaVA-1.6), ``"qwen2_5_vl"``,
+            ``"idefics3"`` (SmolVLM's architecture).
+        output_dir: where to write ``config.json``, the weights, the tokenizer and the processor files.
+        seed: ``torch.manual_seed`` for the random weights: the same seed gives the same checkpoint.
+        **overrides: ``vocab_size`` / ``extra_texts`` for `train_tiny_tokenizer`; fields of the top-level VLM
+            config (e.g. ``vision_feature_layer=-1``); ``text_config={...}`` for the language model; family knobs:
+            ``image_size``, ``patch_size`` (LLaVA, Idefics3), ``image_grid_pinpoints`` (LLaVA-NeXT),
+            ``max_image_side``, ``vision_config={...}`` (Qwen2.5-VL).
+
+    The result loads with ``AutoModelForImageTextToText.from_pretrained(path)`` and
+    ``AutoProcessor.from_pretrained(path)``, without ``trust_remote_code``. Takes well under a second.
+    """
+    model, processor = create_tiny_vlm(family, seed=seed, **overrides)
+    output_dir = os.fspath(output_dir)
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    return output_dir
