@@ -59,7 +59,9 @@ def train(argv: list[str]) -> dict:
 
     model = model_args.model_name_or_path
     if model is None:
-        model = build_tiny_vlm(script_args.tiny_family, os.path.join(args.output_dir, "tiny-base-model"), seed=args.seed)
+        model = os.path.join(args.output_dir, "tiny-base-model")
+        if not os.path.isfile(os.path.join(model, "config.json")):  # a resumed quickstart keeps its base model
+            build_tiny_vlm(script_args.tiny_family, model, seed=args.seed)
     init_kwargs = dict(args.model_init_kwargs or {})
     init_kwargs.setdefault("revision", model_args.model_revision)
     if model_args.dtype not in (None, "auto"):
@@ -71,10 +73,13 @@ def train(argv: list[str]) -> dict:
         init_kwargs["quantization_config"] = quantization_config
     args.model_init_kwargs = init_kwargs
 
+    resume = args.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("true", "last"):
+        resume = True  # the last checkpoint in output_dir
     trainer = VLMPPOTrainer(model, args, env=script_args.env_id, peft_config=get_peft_config(model_args))
-    if script_args.warm_start_steps:
+    if script_args.warm_start_steps and not resume:
         teach_answer_format(trainer, steps=script_args.warm_start_steps, seed=args.seed)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(args.output_dir)
     history = [h for h in trainer.state.log_history if "env/success_rate" in h]
     first, last = history[0], history[-1]

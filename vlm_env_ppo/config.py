@@ -98,6 +98,15 @@ class VLMPPOConfig(TrainingArguments):
             nf4), `"8bit"`, or `"none"` (same dtype as the policy). A PEFT policy uses itself with the adapter
             disabled instead (no extra memory).
 
+        > Parameters that control evaluation (`trainer.evaluate()`; periodic with `eval_strategy="steps"`)
+
+        eval_episodes (`int`, *optional*, defaults to `32`):
+            Episodes per evaluation, played on fresh envs.
+        eval_seed (`int`, *optional*, defaults to `1000000`):
+            Episode `k` of an evaluation is reset with seed `eval_seed + k`, so evaluations are comparable.
+        eval_greedy (`bool`, *optional*, defaults to `True`):
+            Greedy decoding in evaluation; False samples at `temperature`.
+
         > Parameters that control the model
 
         value_head_hidden_sizes (`list[int]`, *optional*, defaults to `[1024, 512]`):
@@ -180,6 +189,11 @@ class VLMPPOConfig(TrainingArguments):
         metadata={"help": "Reference copy for non-PEFT policies: 4bit, 8bit or none.", "choices": list(REF_QUANTIZATION_CHOICES)},
     )
 
+    # Evaluation
+    eval_episodes: int = field(default=32, metadata={"help": "Episodes per evaluation."})
+    eval_seed: int = field(default=1_000_000, metadata={"help": "Evaluation episode k uses seed eval_seed + k."})
+    eval_greedy: bool = field(default=True, metadata={"help": "Greedy decoding in evaluation."})
+
     # Model
     value_head_hidden_sizes: list[int] = field(
         default_factory=lambda: [1024, 512], metadata={"help": "Value head MLP hidden sizes (paper: 1024 512)."}
@@ -208,7 +222,9 @@ class VLMPPOConfig(TrainingArguments):
             if getattr(self, name) is None or getattr(self, name) <= 0:
                 raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)!r}.")
 
-        for name in ("num_envs", "num_steps", "total_env_steps", "num_ppo_epochs", "max_new_tokens", "temperature"):
+        for name in (
+            "num_envs", "num_steps", "total_env_steps", "num_ppo_epochs", "max_new_tokens", "temperature", "eval_episodes"
+        ):
             positive(name)
         for name in ("vf_coef", "kl_coef", "cliprange"):
             if getattr(self, name) < 0:

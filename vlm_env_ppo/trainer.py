@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 
@@ -14,15 +14,39 @@ import numpy as np
 import torch
 from accelerate.utils import gather_object
 from gymnasium import spaces
-from peft import PeftConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft import (
+    PeftConfig,
+    PeftModel,
+    get_peft_model,
+    prepare_model_for_kbit_training,
+    set_peft_model_state_dict,
+)
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import PreTrainedModel, TrainerCallback, set_seed
+from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, TrainerCallback, TrainerState, set_seed
+from transformers.trainer_utils import (
+    PREFIX_CHECKPOINT_DIR,
+    get_last_checkpoint,
+    load_sharded_checkpoint,
+    rotate_checkpoints,
+)
+from trl.trainer.utils import generate_model_card
 
+from . import __version__
 from ._trl import BaseTrainer
 from .actions import ParsedAction
-from .advantages import compute_gae, kl_penalty, whiten
-from .buffer import RolloutBatch, collate_inputs, split_inputs
+from .advantages import compute_gae, kl_penalty
+from .agent import (
+    AGENT_CONFIG,
+    build_model_inputs,
+    eos_token_ids,
+    evaluate_episodes,
+    generate_completions,
+    load_agent_policy,
+    load_value_head,
+    read_agent_config,
+)
+from .buffer import RolloutBatch, split_inputs
 from .config import VLMPPOConfig
 from .logprobs import action_token_index, token_weights, weighted_logprob
 from .losses import explained_variance, policy_loss, value_loss
@@ -35,11 +59,19 @@ from .models.loading import (
     load_processor,
     load_reference_model,
 )
-from .models.value_head import VALUE_HEAD_WEIGHTS, ValueHead, policy_forward, text_hidden_size
+from .models.value_head import (
+    VALUE_HEAD_WEIGHTS,
+    ValueHead,
+    policy_forward,
+    text_hidden_size,
+)
 from .rollout import EnvSpec, EpisodeStats, make_vector_env, unbatch_infos
 from .tasks import Task, get_task
 
 logger = logging.getLogger(__name__)
+
+TRAINER_STATE_NAME = "trainer_state.json"
+RUN_STATE = "vlm_env_ppo_state.json"
 
 
 class PolicyAndValue(nn.Module):
@@ -66,9 +98,9 @@ class StepOutput:
     texts: list[str]
     parsed: list[ParsedAction]
     action_token_starts: list[int]
-    logprobs: torch.Tensor  # (num_envs,) λ-weighted
-    values: torch.Tensor  # (num_envs,)
-    kl: torch.Tensor  # (num_envs,) summed per-token KL to the reference (0 without one)
+    logprobs: torch.Tensor | None = None  # (num_envs,) λ-weighted
+    values: torch.Tensor | None = None  # (num_envs,)
+    kl: torch.Tensor | None = None  # (num_envs,) summed per-token KL to the reference (0 without one)
 
 
 class VLMPPOTrainer(BaseTrainer):
@@ -121,9 +153,17 @@ class VLMPPOTrainer(BaseTrainer):
         self.env_id = env if isinstance(env, str) else None
         self.task = task if task is not None else (get_task(env) if isinstance(env, str) else None)
 
-        # Policy, processor, PEFT, value head
-        policy = load_policy(model, args.model_init_kwargs, args.trust_remote_code)
-        self.base_model_name = getattr(policy.config, "_name_or_path", None)
+        # Policy, processor, PEFT, value head. A saved agent folder continues training (adapter + value head).
+        saved_agent = isinstance(model, str) and os.path.isfile(os.path.join(model, AGENT_CONFIG))
+        if saved_agent:
+            agent_config = read_agent_config(model)
+            policy = load_agent_policy(model, agent_config, is_trainable=True, **(args.model_init_kwargs or {}))
+            if processing_class is None:
+                processing_class = AutoProcessor.from_pretrained(model, trust_remote_code=args.trust_remote_code)
+            self.base_model_name = agent_config.get("base_model")
+        else:
+            policy = load_policy(model, args.model_init_kwargs, args.trust_remote_code)
+            self.base_model_name = getattr(policy.config, "_name_or_path", None)
         if processing_class is None:
             processing_class = load_processor(policy, args.trust_remote_code)
         tokenizer = get_tokenizer(processing_class)
@@ -148,7 +188,10 @@ class VLMPPOTrainer(BaseTrainer):
         for module in policy.modules():  # dropout would make rollout and update log-probs differ
             if isinstance(module, nn.Dropout):
                 module.p = 0.0
-        value_head = ValueHead(text_hidden_size(policy.config), args.value_head_hidden_sizes)
+        if saved_agent and os.path.isfile(os.path.join(model, VALUE_HEAD_WEIGHTS)):
+            value_head = load_value_head(model)
+        else:
+            value_head = ValueHead(text_hidden_size(policy.config), args.value_head_hidden_sizes)
         wrapper = PolicyAndValue(policy, value_head)
 
         super().__init__(
@@ -186,7 +229,7 @@ class VLMPPOTrainer(BaseTrainer):
         self.env_seed = args.seed + self.accelerator.process_index * args.num_envs
         self._np_rng = np.random.default_rng(self.env_seed)
         self.suppress_token_ids = generation_suppress_token_ids(
-            processing_class, policy.config, keep_ids=_as_list(policy.generation_config.eos_token_id)
+            processing_class, policy.config, keep_ids=eos_token_ids(policy, tokenizer)
         )
         self.episode_stats = EpisodeStats(args.num_envs)
         self.env_steps = 0
@@ -206,15 +249,8 @@ class VLMPPOTrainer(BaseTrainer):
         return self.task.parse_action(completion, info)
 
     def build_model_inputs(self, messages: list[list[dict]]) -> dict[str, torch.Tensor]:
-        """Batch of chat conversations → padded processor outputs (CPU tensors)."""
-        return self.processing_class.apply_chat_template(
-            messages,
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=True,
-            return_tensors="pt",
-            processor_kwargs={"padding": True},
-        )
+        """Batch of chat conversations → left-padded processor outputs (CPU tensors)."""
+        return build_model_inputs(self.processing_class, messages)
 
     # ------------------------------------------------------------------ rollout
     def _to_device(self, inputs: dict) -> dict:
@@ -240,51 +276,46 @@ class VLMPPOTrainer(BaseTrainer):
         return parsed
 
     @torch.no_grad()
-    def act(self, observations, infos: list[dict]) -> StepOutput:
-        """Generate for all envs at once (one `generate` call), parse, and score the completions."""
+    def act(self, observations, infos: list[dict], greedy: bool = False, score: bool = True) -> StepOutput:
+        """Generate for all envs at once (one `generate` call), parse, and (``score``) compute the λ-weighted
+        log-probs, values and KL that PPO needs."""
         n = len(infos)
-        messages = [self.build_messages(observations[i], infos[i]) for i in range(n)]
-        inputs = self.build_model_inputs(messages)
+        inputs = self.build_model_inputs([self.build_messages(observations[i], infos[i]) for i in range(n)])
         device_inputs = self._to_device(inputs)
         policy = self.accelerator.unwrap_model(self.model).policy
         policy.eval()
-        tokenizer = get_tokenizer(self.processing_class)
-        generated = policy.generate(
-            **device_inputs,
-            do_sample=True,
+        completion_ids, completion_mask, texts = generate_completions(
+            policy,
+            self.processing_class,
+            device_inputs,
+            greedy=greedy,
             temperature=self.args.temperature,
             top_p=self.args.top_p,
-            top_k=0,
             max_new_tokens=self.args.max_new_tokens,
-            suppress_tokens=self.suppress_token_ids or None,
+            suppress_token_ids=self.suppress_token_ids,
             pad_token_id=self.pad_token_id,
         )
-        prompt_len = device_inputs["input_ids"].shape[1]
-        completion_ids = generated[:, prompt_len:]  # (n, C)
-        completion_mask = _mask_after_eos(completion_ids, policy.generation_config.eos_token_id, tokenizer)
-        completion_ids = completion_ids.masked_fill(completion_mask == 0, self.pad_token_id)
-        completions = [completion_ids[i, : int(completion_mask[i].sum())].cpu() for i in range(n)]
-        texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
         parsed = [self._safe_parse(texts[i], infos[i]) for i in range(n)]
-        starts = [action_token_index(tokenizer, completions[i].tolist(), parsed[i].action_start) for i in range(n)]
-
+        out = StepOutput(prompts=[], completions=[], texts=texts, parsed=parsed, action_token_starts=[])
+        if not score:
+            return out
+        tokenizer = get_tokenizer(self.processing_class)
+        out.completions = [completion_ids[i, : int(completion_mask[i].sum())].cpu() for i in range(n)]
+        out.action_token_starts = [
+            action_token_index(tokenizer, out.completions[i].tolist(), parsed[i].action_start) for i in range(n)
+        ]
         per_token_logprobs, _, values = self.model(device_inputs, completion_ids, completion_mask, self.args.temperature)
-        weights = token_weights(completion_mask, starts, self.args.cot_logprob_coef)
-        logprobs = weighted_logprob(per_token_logprobs, weights)
-        kl = torch.zeros(n, device=logprobs.device)
+        weights = token_weights(completion_mask, out.action_token_starts, self.args.cot_logprob_coef)
+        out.logprobs = weighted_logprob(per_token_logprobs, weights).float().cpu()
+        out.values = values.float().cpu()
         if self.args.kl_coef > 0:
             ref_logprobs = self._ref_logprobs(device_inputs, completion_ids, completion_mask)
-            kl = (kl_penalty(per_token_logprobs, ref_logprobs, self.args.kl_estimator) * completion_mask).sum(-1)
-        return StepOutput(
-            prompts=split_inputs({k: v for k, v in inputs.items()}, n),
-            completions=completions,
-            texts=texts,
-            parsed=parsed,
-            action_token_starts=starts,
-            logprobs=logprobs.float().cpu(),
-            values=values.float().cpu(),
-            kl=kl.float().cpu(),
-        )
+            kl = kl_penalty(per_token_logprobs, ref_logprobs, self.args.kl_estimator) * completion_mask
+            out.kl = kl.sum(-1).float().cpu()
+        else:
+            out.kl = torch.zeros(n)
+        out.prompts = split_inputs(inputs, n)
+        return out
 
     def _ref_logprobs(self, inputs, completion_ids, completion_mask) -> torch.Tensor:
         if self.is_peft:
@@ -402,7 +433,7 @@ class VLMPPOTrainer(BaseTrainer):
                 self.lr_scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
         model.eval()
-        mean = lambda xs: float(np.mean(xs)) if xs else float("nan")  # noqa: E731
+        mean = lambda xs: float(np.mean(xs)) if xs else float("nan")
         return {
             "losses/policy_loss": mean(stats["pg"]),
             "losses/value_loss": mean(stats["vf"]),
@@ -442,22 +473,37 @@ class VLMPPOTrainer(BaseTrainer):
         }
 
     # ------------------------------------------------------------------ train
-    def train(self, resume_from_checkpoint: str | None = None, **kwargs):
-        """Run PPO: for each update, 1. collect a rollout, 2. compute advantages, 3. PPO epochs, 4. log and save."""
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """Run PPO: for each update, 1. collect a rollout, 2. compute advantages, 3. PPO epochs, 4. log, evaluate,
+        save.
+
+        ``resume_from_checkpoint`` (a checkpoint folder, or True for the last one in ``output_dir``) restores the
+        policy, value head, optimizer, scheduler, RNG states, update and env-step counters and episode statistics.
+        The rollout that was in progress when the checkpoint was written is not in it: the resumed run starts a
+        fresh rollout (envs reset on new seeds), so it reaches the same total env steps but not bit-identical ones.
+        """
         args = self.args
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No checkpoint found in {args.output_dir} to resume from.")
         opt_steps = args.num_updates * args.optimizer_steps_per_update
         self.create_optimizer_and_scheduler(num_training_steps=opt_steps)
         self.model_wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if resume_from_checkpoint:
+            self._resume(resume_from_checkpoint)
         self.state.max_steps = args.num_updates
         self.state.logging_steps, self.state.save_steps = args.logging_steps, args.save_steps
+        self.state.eval_steps = args.eval_steps
         self.state.is_local_process_zero = self.is_local_process_zero()
         self.state.is_world_process_zero = self.is_world_process_zero()
         self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
 
-        obs, infos = self.envs.reset(seed=self.env_seed)
+        # A resumed run resets its envs on seeds no earlier update used.
+        obs, infos = self.envs.reset(seed=self.env_seed + 7919 * self.state.global_step)
         self._obs, self._infos = obs, unbatch_infos(infos, args.num_envs)
         start_time = time.time()
-        for update in range(args.num_updates):
+        for update in range(self.state.global_step, args.num_updates):
             update_start, steps_before = time.time(), self.env_steps
             self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
 
@@ -467,7 +513,7 @@ class VLMPPOTrainer(BaseTrainer):
             self.compute_advantages(batch)
             # 3. PPO epochs over shuffled minibatches.
             update_stats = self.ppo_update(batch)
-            # 4. Log and save.
+            # 4. Log, evaluate, save.
             self.state.global_step += 1
             self.state.epoch = self.env_steps / args.total_env_steps
             metrics = self._rollout_metrics(batch) | update_stats
@@ -475,8 +521,10 @@ class VLMPPOTrainer(BaseTrainer):
             metrics["env/total_steps"] = self.env_steps
             metrics["train/learning_rate"] = self.lr_scheduler.get_last_lr()[0]
             self.control = self.callback_handler.on_step_end(args, self.state, self.control)
-            if self.control.should_log or update == 0:
+            if self.control.should_log or update in (0, args.num_updates - 1):
                 self.log(metrics, start_time)
+            if self.control.should_evaluate:
+                self.evaluate()
             if self.control.should_save:
                 self._save_checkpoint(self.model, trial=None)
                 self.control = self.callback_handler.on_save(args, self.state, self.control)
@@ -484,6 +532,41 @@ class VLMPPOTrainer(BaseTrainer):
                 break
         self.control = self.callback_handler.on_train_end(args, self.state, self.control)
         return self.state
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(
+        self,
+        eval_dataset=None,
+        ignore_keys=None,
+        metric_key_prefix: str = "eval",
+        num_episodes: int | None = None,
+        seed: int | None = None,
+        greedy: bool | None = None,
+    ) -> dict[str, float]:
+        """Play ``num_episodes`` (default ``args.eval_episodes``) fresh episodes on seeds ``seed, seed + 1, ...``
+        (default ``args.eval_seed``) with the current policy, greedy unless ``args.eval_greedy`` is False; logs and
+        returns ``eval/success_rate``, ``eval/episode_return``, ``eval/episode_length``, ``eval/invalid_action_rate``.
+        The training envs and their RNG are left untouched."""
+        args = self.args
+        num_episodes = num_episodes or args.eval_episodes
+        seed = args.eval_seed if seed is None else seed
+        greedy = args.eval_greedy if greedy is None else greedy
+        make_env = self.envs.env_fns[0] if hasattr(self.envs, "env_fns") else None
+        if make_env is None:
+            raise ValueError("evaluate() needs an env factory: pass the env as an id or a factory, not a VectorEnv.")
+        torch_state = torch.random.get_rng_state()
+        result = evaluate_episodes(
+            lambda obs, infos: self.act(obs, infos, greedy=greedy, score=False).parsed,
+            make_env,
+            num_episodes,
+            seed,
+            batch_size=args.num_envs,
+        )
+        torch.random.set_rng_state(torch_state)
+        metrics = result.metrics(metric_key_prefix)
+        self.last_eval = metrics
+        self.log(metrics)
+        return metrics
 
     def _rollout_metrics(self, batch: RolloutBatch) -> dict[str, float]:
         finished = gather_object(self.episode_stats.pop())
@@ -508,8 +591,25 @@ class VLMPPOTrainer(BaseTrainer):
         }
 
     # ------------------------------------------------------------------ saving
+    def _agent_config(self) -> dict:
+        return {
+            "env_id": self.env_id,
+            "base_model": self.base_model_name,
+            "is_peft": self.is_peft,
+            "action_only": self.args.action_only,
+            "action_names": list(self.task.action_names) if self.task is not None else None,
+            "temperature": self.args.temperature,
+            "top_p": self.args.top_p,
+            "max_new_tokens": self.args.max_new_tokens,
+            "cot_logprob_coef": self.args.cot_logprob_coef,
+            "env_steps": self.env_steps,
+            "last_eval": getattr(self, "last_eval", None),
+            "vlm_env_ppo_version": __version__,
+        }
+
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """Policy (adapter or full weights), value head (safetensors), processor and trainer settings."""
+        """A complete agent folder: policy (adapter or full weights), value head (safetensors), processor,
+        ``vlm_env_ppo.json`` and a model card. `VLMAgent.from_pretrained` and `VLMPPOTrainer(model=folder)` load it."""
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         unwrapped = self.accelerator.unwrap_model(self.model)
@@ -521,38 +621,134 @@ class VLMPPOTrainer(BaseTrainer):
         )
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
-        with open(os.path.join(output_dir, "vlm_env_ppo.json"), "w") as f:
-            json.dump(
-                {"env_id": self.env_id, "base_model": self.base_model_name, "action_only": self.args.action_only},
-                f,
-                indent=2,
-            )
+        with open(os.path.join(output_dir, AGENT_CONFIG), "w") as f:
+            json.dump(self._agent_config(), f, indent=2)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        write_model_card(self, output_dir)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Write ``checkpoint-N`` atomically: everything goes to a hidden temporary folder that is renamed into place
+        only when complete, so a crash mid-save leaves the previous checkpoints untouched and loadable."""
+        args = self.args
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        final, tmp = os.path.join(args.output_dir, name), os.path.join(args.output_dir, f".tmp-{name}")
+        if args.should_save and os.path.isdir(tmp):
+            shutil.rmtree(tmp)  # left over from a crash
+        self.accelerator.wait_for_everyone()
+        self.save_model(tmp, _internal_call=True)
+        if not args.save_only_model:
+            self._save_optimizer_and_scheduler(tmp)
+            self._save_scaler(tmp)
+            self._save_rng_state(tmp)
+        if args.should_save:
+            self.state.save_to_json(os.path.join(tmp, TRAINER_STATE_NAME))
+            with open(os.path.join(tmp, RUN_STATE), "w") as f:
+                json.dump(self._run_state(), f)
+        self.accelerator.wait_for_everyone()
+        if args.should_save:
+            if os.path.isdir(final):  # re-saving the same step: move the old one aside first
+                old = os.path.join(args.output_dir, f".old-{name}")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old)
+            else:
+                os.replace(tmp, final)
+            rotate_checkpoints(
+                output_dir=args.output_dir,
+                save_total_limit=args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=False,
+            )
+        self.accelerator.wait_for_everyone()
+        if args.push_to_hub:
+            self._push_from_checkpoint(final)
+
+    def _run_state(self) -> dict:
+        """What a resumed run needs beyond Trainer's state: env-step and episode counters and the fallback RNG."""
+        return {
+            "env_steps": self.env_steps,
+            "total_episodes": self.episode_stats.total_episodes,
+            "parse_errors": self.parse_errors,
+            "np_rng": self._np_rng.bit_generator.state,
+            "process_index": self.accelerator.process_index,
+        }
+
+    def _resume(self, checkpoint: str) -> None:
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        load_policy_weights(unwrapped.policy, checkpoint)
+        unwrapped.value_head.load_state_dict(load_value_head(checkpoint).state_dict())
+        self._load_optimizer_and_scheduler(checkpoint)
+        self.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
+        self._load_rng_state(checkpoint)
+        with open(os.path.join(checkpoint, RUN_STATE)) as f:
+            run_state = json.load(f)
+        self.env_steps = run_state["env_steps"]
+        self.episode_stats.total_episodes = run_state["total_episodes"]
+        self.parse_errors = run_state["parse_errors"]
+        self._np_rng.bit_generator.state = run_state["np_rng"]
+        logger.info("Resumed from %s at update %d, %d env steps.", checkpoint, self.state.global_step, self.env_steps)
 
 
-def load_value_head(path: str) -> ValueHead:
-    """Load a value head saved by `VLMPPOTrainer.save_model`."""
-    from safetensors import safe_open
-
-    file = os.path.join(path, VALUE_HEAD_WEIGHTS)
-    with safe_open(file, "pt") as f:
-        config = json.loads(f.metadata()["config"])
-    head = ValueHead(config["hidden_size"], config["hidden_sizes"])
-    head.load_state_dict(load_file(file))
-    return head
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **kwargs):
+        """Used by `push_to_hub`: the agent's model card (env, base model, method, last evaluation)."""
+        write_model_card(self, self.args.output_dir)
 
 
-def _as_list(value) -> list[int]:
-    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+def load_policy_weights(policy, path: str) -> None:
+    """Load a saved agent's policy weights (LoRA adapter or full, single-file or sharded) into ``policy``."""
+    adapter = os.path.join(path, "adapter_model.safetensors")
+    if isinstance(policy, PeftModel):
+        if not os.path.isfile(adapter):
+            raise FileNotFoundError(f"{path} has no adapter_model.safetensors to resume the LoRA policy from.")
+        result = set_peft_model_state_dict(policy, load_file(adapter))
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(f"Adapter in {path} does not match the policy: {result.unexpected_keys[:5]}")
+        return
+    # Full weights are saved in the checkpoint key layout of the model's family (transformers maps keys on save), so
+    # load them the way a user would, on the CPU, and copy the tensors over.
+    saved = AutoModelForImageTextToText.from_pretrained(path, dtype=policy.dtype, device_map="cpu")
+    policy.load_state_dict(saved.state_dict(), strict=True)
+    del saved
 
 
-def _mask_after_eos(completion_ids: torch.Tensor, eos_token_id, tokenizer) -> torch.Tensor:
-    """``(batch, C)`` mask: 1 up to and including the first EOS, 0 after it."""
-    if eos_token_id is None:
-        eos_token_id = tokenizer.eos_token_id
-    eos_ids = torch.as_tensor(eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id])
-    is_eos = torch.isin(completion_ids, eos_ids.to(completion_ids.device))
-    # position of the first EOS (or C if none); tokens at positions <= it are kept
-    first_eos = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full_like(is_eos[:, 0], is_eos.shape[1], dtype=torch.long))
-    positions = torch.arange(completion_ids.shape[1], device=completion_ids.device)
-    return (positions.unsqueeze(0) <= first_eos.unsqueeze(1)).long()
+def write_model_card(trainer: VLMPPOTrainer, output_dir: str) -> None:
+    """A TRL-style model card naming the env, the base model, the method and the last evaluation."""
+    if not trainer.is_world_process_zero():
+        return
+    base = trainer.base_model_name if trainer.base_model_name and not os.path.isdir(trainer.base_model_name) else None
+    card = generate_model_card(
+        base_model=base,
+        model_name=os.path.basename(os.path.abspath(output_dir)),
+        hub_model_id=trainer.hub_model_id or "",
+        dataset_name=None,
+        tags=[*trainer._tag_names, "reinforcement-learning", trainer.env_id or "custom-env"],
+        wandb_url=None,
+        trackio_url=None,
+        trainer_name=trainer._name,
+        trainer_citation=trainer._paper["citation"],
+        paper_title=trainer._paper["title"],
+        paper_id=trainer._paper["id"],
+    )
+    last = getattr(trainer, "last_eval", None) or {}
+    evaluation = (
+        f"success rate {last['eval/success_rate']:.3f}, mean return {last['eval/episode_return']:.3f}, mean episode "
+        f"length {last['eval/episode_length']:.2f}, invalid-action rate {last['eval/invalid_action_rate']:.3f} over "
+        f"{last['eval/episodes']} episodes"
+        if last
+        else "not evaluated yet (run `trainer.evaluate()` before saving)"
+    )
+    section = (
+        "\n## vlm-env-ppo agent\n\n"
+        f"- Environment: `{trainer.env_id or 'custom'}`\n"
+        f"- Base model: `{trainer.base_model_name}`\n"
+        f"- Method: PPO with a value head on the VLM (RL4VLM), chain-of-thought weight "
+        f"λ={trainer.args.cot_logprob_coef}, {'action-only' if trainer.args.action_only else 'CoT'} prompt, "
+        f"{'LoRA adapter' if trainer.is_peft else 'full fine-tuning'}\n"
+        f"- Env steps trained: {trainer.env_steps}\n"
+        f"- Last evaluation: {evaluation}\n\n"
+        "Load it with `vlm_env_ppo.agent.VLMAgent.from_pretrained(path_or_repo_id)`; continue training with "
+        "`VLMPPOTrainer(model=path_or_repo_id, ...)`.\n"
+    )
+    card.text = card.text + section
+    card.save(os.path.join(output_dir, "README.md"))

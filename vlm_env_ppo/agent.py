@@ -1,0 +1,311 @@
+"""A saved agent: loading it back (`VLMAgent`), acting with it, and evaluating it on fixed seeds.
+
+A saved agent folder (from `VLMPPOTrainer.save_model`, a checkpoint, or the Hub) holds the policy (a LoRA adapter
+or full weights), ``value_head.safetensors``, the processor, and ``vlm_env_ppo.json`` (env id, base model, prompt
+variant, generation settings).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, set_seed
+
+from .actions import ParsedAction
+from .models.loading import generation_suppress_token_ids, get_tokenizer
+from .models.value_head import VALUE_HEAD_WEIGHTS, ValueHead, policy_forward
+from .rollout import episode_success
+from .tasks import Task, get_task
+
+AGENT_CONFIG = "vlm_env_ppo.json"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def build_model_inputs(processing_class, messages: list[list[dict]]) -> dict[str, torch.Tensor]:
+    """Batch of chat conversations → left-padded processor outputs (CPU tensors)."""
+    return processing_class.apply_chat_template(
+        messages,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        processor_kwargs={"padding": True},
+    )
+
+
+def mask_after_eos(completion_ids: torch.Tensor, eos_token_ids: Sequence[int]) -> torch.Tensor:
+    """``(batch, C)`` mask: 1 up to and including the first EOS, 0 after it."""
+    is_eos = torch.isin(completion_ids, torch.as_tensor(list(eos_token_ids), device=completion_ids.device))
+    no_eos = torch.full_like(is_eos[:, 0], is_eos.shape[1], dtype=torch.long)
+    first_eos = torch.where(is_eos.any(1), is_eos.int().argmax(1), no_eos)
+    positions = torch.arange(completion_ids.shape[1], device=completion_ids.device)
+    return (positions.unsqueeze(0) <= first_eos.unsqueeze(1)).long()
+
+
+def eos_token_ids(policy, tokenizer) -> list[int]:
+    value = policy.generation_config.eos_token_id
+    if value is None:
+        value = tokenizer.eos_token_id
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+@torch.no_grad()
+def generate_completions(
+    policy,
+    processing_class,
+    device_inputs: dict[str, torch.Tensor],
+    *,
+    greedy: bool,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    suppress_token_ids: Sequence[int],
+    pad_token_id: int,
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """One batched `generate` call → ``(completion_ids, completion_mask, texts)``; ids after EOS become padding."""
+    tokenizer = get_tokenizer(processing_class)
+    sampling = {} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": 0}
+    generated = policy.generate(
+        **device_inputs,
+        do_sample=not greedy,
+        **sampling,
+        max_new_tokens=max_new_tokens,
+        suppress_tokens=list(suppress_token_ids) or None,
+        pad_token_id=pad_token_id,
+    )
+    completion_ids = generated[:, device_inputs["input_ids"].shape[1] :]  # (batch, C)
+    completion_mask = mask_after_eos(completion_ids, eos_token_ids(policy, tokenizer))
+    completion_ids = completion_ids.masked_fill(completion_mask == 0, pad_token_id)
+    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    return completion_ids, completion_mask, texts
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+@dataclass
+class EvalResult:
+    success_rate: float
+    mean_return: float
+    mean_episode_length: float
+    invalid_action_rate: float
+    num_episodes: int
+    returns: list[float]
+
+    def metrics(self, prefix: str = "eval") -> dict[str, float]:
+        return {
+            f"{prefix}/success_rate": self.success_rate,
+            f"{prefix}/episode_return": self.mean_return,
+            f"{prefix}/episode_length": self.mean_episode_length,
+            f"{prefix}/invalid_action_rate": self.invalid_action_rate,
+            f"{prefix}/episodes": self.num_episodes,
+        }
+
+
+ActBatch = Callable[[list, list[dict]], list[ParsedAction]]
+
+
+def evaluate_episodes(
+    act_batch: ActBatch,
+    make_env: Callable[[], gym.Env],
+    num_episodes: int,
+    seed: int,
+    batch_size: int = 8,
+    max_episode_steps: int = 1000,
+    fallback_action: Callable[[gym.Env], int] | None = None,
+) -> EvalResult:
+    """Play ``num_episodes`` episodes, episode ``k`` reset with ``seed + k``, up to ``batch_size`` at a time.
+
+    ``act_batch(observations, infos)`` returns one `ParsedAction` per env. An invalid output plays
+    ``fallback_action(env)`` (default: action 0) and is counted. Torch is seeded with ``seed`` first, so sampled
+    evaluations repeat exactly too.
+    """
+    set_seed(seed)
+    envs = [make_env() for _ in range(min(batch_size, num_episodes))]
+    state: list[dict | None] = [None] * len(envs)  # per env: episode index, obs, info, return, length
+    next_episode, finished = 0, []
+    steps = invalid = 0
+
+    def start(i: int) -> None:
+        nonlocal next_episode
+        if next_episode >= num_episodes:
+            state[i] = None
+            return
+        obs, info = envs[i].reset(seed=seed + next_episode)
+        state[i] = {"obs": obs, "info": info, "ret": 0.0, "len": 0}
+        next_episode += 1
+
+    for i in range(len(envs)):
+        start(i)
+    while any(s is not None for s in state):
+        active = [i for i, s in enumerate(state) if s is not None]
+        parsed = act_batch([state[i]["obs"] for i in active], [state[i]["info"] for i in active])
+        for i, p in zip(active, parsed):
+            s, env = state[i], envs[i]
+            action = p.action if p.valid else (fallback_action(env) if fallback_action else 0)
+            invalid += not p.valid
+            steps += 1
+            obs, reward, terminated, truncated, info = env.step(action + int(getattr(env.action_space, "start", 0)))
+            s["ret"] += float(reward)
+            s["len"] += 1
+            s["obs"], s["info"] = obs, info
+            if terminated or truncated or s["len"] >= max_episode_steps:
+                finished.append((s["ret"], s["len"], episode_success(info, float(reward), bool(terminated))))
+                start(i)
+    for env in envs:
+        env.close()
+    returns = [f[0] for f in finished]
+    return EvalResult(
+        success_rate=float(np.mean([f[2] for f in finished])),
+        mean_return=float(np.mean(returns)),
+        mean_episode_length=float(np.mean([f[1] for f in finished])),
+        invalid_action_rate=invalid / max(steps, 1),
+        num_episodes=len(finished),
+        returns=returns,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- the agent
+class VLMAgent:
+    """A trained agent loaded back for acting and evaluation (no trainer, no optimizer).
+
+    ```python
+    agent = VLMAgent.from_pretrained("nl-ppo")          # a saved agent folder or checkpoint
+    action, parsed, text = agent.act(frame, info)
+    print(agent.evaluate(num_episodes=100, seed=0))
+    ```
+    """
+
+    def __init__(self, policy, processing_class, value_head: ValueHead | None, task: Task | None, config: dict):
+        self.policy = policy.eval()
+        self.processing_class = processing_class
+        self.value_head = value_head.eval() if value_head is not None else None
+        self.task = task
+        self.config = config
+        tokenizer = get_tokenizer(processing_class)
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.pad_token_id = tokenizer.pad_token_id
+        self.suppress_token_ids = generation_suppress_token_ids(
+            processing_class, policy.config, keep_ids=eos_token_ids(policy, tokenizer)
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str, task: Task | None = None, device: str | torch.device | None = None, **model_kwargs
+    ) -> VLMAgent:
+        """Load a saved agent folder (local path or Hub repo id)."""
+        if not os.path.isdir(path):
+            from huggingface_hub import snapshot_download
+
+            path = snapshot_download(path)
+        config = read_agent_config(path)
+        policy = load_agent_policy(path, config, is_trainable=False, **model_kwargs)
+        processor = AutoProcessor.from_pretrained(path)
+        value_head = load_value_head(path) if os.path.isfile(os.path.join(path, VALUE_HEAD_WEIGHTS)) else None
+        if task is None and config.get("env_id"):
+            task = get_task(config["env_id"])
+        device = torch.device(device) if device is not None else policy.device
+        policy.to(device)
+        if value_head is not None:
+            value_head.to(device)
+        return cls(policy, processor, value_head, task, config)
+
+    @property
+    def device(self) -> torch.device:
+        return self.policy.device
+
+    def build_messages(self, observation, info: dict) -> list[dict]:
+        if self.task is None:
+            raise ValueError("This agent has no task: pass `task=` to `VLMAgent.from_pretrained`.")
+        return self.task.build_messages(observation, info, action_only=self.config.get("action_only", False))
+
+    def _inputs(self, observations, infos) -> dict[str, torch.Tensor]:
+        inputs = build_model_inputs(self.processing_class, [self.build_messages(o, i) for o, i in zip(observations, infos)])
+        dtype = self.policy.dtype
+        return {k: v.to(self.device, dtype=dtype) if torch.is_floating_point(v) else v.to(self.device) for k, v in inputs.items()}
+
+    @torch.no_grad()
+    def act_batch(self, observations, infos: list[dict], greedy: bool = True) -> tuple[list[ParsedAction], list[str]]:
+        """Parsed actions and completion texts for a batch of observations (one `generate` call)."""
+        _, _, texts = generate_completions(
+            self.policy,
+            self.processing_class,
+            self._inputs(observations, infos),
+            greedy=greedy,
+            temperature=self.config.get("temperature", 1.0),
+            top_p=self.config.get("top_p", 1.0),
+            max_new_tokens=self.config.get("max_new_tokens", 256),
+            suppress_token_ids=self.suppress_token_ids,
+            pad_token_id=self.pad_token_id,
+        )
+        return [self.task.parse_action(t, i) for t, i in zip(texts, infos)], texts
+
+    def act(self, observation, info: dict, greedy: bool = True) -> tuple[int | None, ParsedAction, str]:
+        """``(action or None if invalid, parsed, completion text)`` for one observation."""
+        parsed, texts = self.act_batch([observation], [info], greedy=greedy)
+        return parsed[0].action, parsed[0], texts[0]
+
+    @torch.no_grad()
+    def value(self, observations, infos: list[dict]) -> torch.Tensor:
+        """Critic values ``(batch,)`` of observations."""
+        if self.value_head is None:
+            raise ValueError("This agent was saved without a value head.")
+        inputs = self._inputs(observations, infos)
+        empty = inputs["input_ids"][:, :0]
+        _, _, values = policy_forward(self.policy, self.value_head, inputs, empty, empty, 1.0)
+        return values.float().cpu()
+
+    def evaluate(
+        self,
+        env: str | Callable[[], gym.Env] | None = None,
+        num_episodes: int = 32,
+        seed: int = 0,
+        greedy: bool = True,
+        batch_size: int = 8,
+        **env_kwargs,
+    ) -> EvalResult:
+        """Play ``num_episodes`` on seeds ``seed, seed + 1, ...``; greedy by default."""
+        env = env or self.config.get("env_id")
+        make_env = (lambda: gym.make(env, **env_kwargs)) if isinstance(env, str) else env
+        return evaluate_episodes(
+            lambda obs, infos: self.act_batch(obs, infos, greedy=greedy)[0], make_env, num_episodes, seed, batch_size
+        )
+
+
+def read_agent_config(path: str) -> dict:
+    file = os.path.join(path, AGENT_CONFIG)
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{path} is not a saved vlm-env-ppo agent: it has no {AGENT_CONFIG}.")
+    with open(file) as f:
+        return json.load(f)
+
+
+def load_agent_policy(path: str, config: dict, is_trainable: bool, **model_kwargs):
+    """The policy of a saved agent: base model + LoRA adapter (a `PeftModel`), or the full fine-tuned model."""
+    if os.path.isfile(os.path.join(path, ADAPTER_CONFIG)):
+        from peft import PeftModel
+
+        with open(os.path.join(path, ADAPTER_CONFIG)) as f:
+            base = config.get("base_model") or json.load(f)["base_model_name_or_path"]
+        base_model = AutoModelForImageTextToText.from_pretrained(base, **{"dtype": "auto", **model_kwargs})
+        return PeftModel.from_pretrained(base_model, path, is_trainable=is_trainable)
+    return AutoModelForImageTextToText.from_pretrained(path, **{"dtype": "auto", **model_kwargs})
+
+
+def load_value_head(path: str) -> ValueHead:
+    """Load a value head saved by `VLMPPOTrainer.save_model`."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    file = os.path.join(path, VALUE_HEAD_WEIGHTS)
+    with safe_open(file, "pt") as f:
+        meta = json.loads(f.metadata()["config"])
+    head = ValueHead(meta["hidden_size"], meta["hidden_sizes"])
+    head.load_state_dict(load_file(file))
+    return head
