@@ -190,3 +190,11 @@ def test_push_to_hub_uploads_a_complete_loadable_folder(tiny_vlm_path, tmp_path)
     again = VLMPPOTrainer(uploaded["folder_path"], make_args(tmp_path / "b"), env="gym_cards/NumberLine-v0")
     again.train()
     assert again.is_peft and np.isfinite(again.state.log_history[-1]["losses/policy_loss"])
+
+
+def test_periodic_evaluation_during_training(tiny_vlm_path, tmp_path):
+    args = make_args(tmp_path, eval_strategy="steps", eval_steps=1, eval_episodes=2, total_env_steps=12)
+    trainer = VLMPPOTrainer(tiny_vlm_path("llava_next"), args, env="gym_cards/NumberLine-v0")
+    trainer.train()
+    evals = [h for h in trainer.state.log_history if "eval/success_rate" in h]
+    assert [h["step"] for h in evals] == [1, 2, 3] and all(h["eval/episodes"] == 2 for h in evals)

@@ -197,6 +197,9 @@ class VLMPPOTrainer(BaseTrainer):
         super().__init__(
             model=wrapper,
             args=args,
+            # Evaluation plays episodes in the env (see `evaluate`); this placeholder only satisfies Trainer's check
+            # that periodic evaluation has something to evaluate on.
+            eval_dataset=[] if args.eval_strategy != "no" else None,
             processing_class=processing_class,
             callbacks=callbacks,
             optimizers=optimizers,
