@@ -135,6 +135,36 @@ def test_full_finetune_with_4bit_reference(tiny_vlm_path, tmp_path):
     assert np.isfinite(trainer.state.log_history[-1]["objective/kl"])
 
 
+def test_qlora_4bit_policy_with_lora_and_checkpointing(tiny_vlm_path, tmp_path):
+    """QLoRA: the policy itself is 4-bit nf4, LoRA adapters train on top, with activation checkpointing; the
+    adapter-disabled 4-bit base is the reference."""
+    import bitsandbytes as bnb
+    from transformers import BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    args = make_args(
+        tmp_path, model_init_kwargs={"quantization_config": quant}, activation_checkpointing=True, kl_coef=0.1,
+        num_steps=1, total_env_steps=4, num_mini_batches=1, max_new_tokens=4,
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bitsandbytes' CPU 4-bit path is ~50x slower with 2 intra-op threads on this machine
+    try:
+        trainer = VLMPPOTrainer(
+            tiny_vlm_path("llava_next"), args, env="gym_cards/NumberLine-v0",
+            peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"),
+        )
+        assert any(isinstance(m, bnb.nn.Linear4bit) for m in trainer.model.policy.modules())
+        before = params_by_name(trainer.model)
+        trainer.train()
+    finally:
+        torch.set_num_threads(threads)
+    after = params_by_name(trainer.model)
+    changed = [n for n in before if not torch.equal(before[n], after[n])]
+    assert any("lora_" in n for n in changed) and all("lora_" in n or "value_head" in n for n in changed)
+    kls = [h["objective/kl"] for h in trainer.state.log_history if "objective/kl" in h]
+    assert kls[0] == 0.0 and np.isfinite(kls[-1])
+
+
 def test_kl_coef_zero_loads_no_reference(tiny_vlm_path, tmp_path):
     trainer = VLMPPOTrainer(tiny_vlm_path("llava_next"), make_args(tmp_path), env="gym_cards/NumberLine-v0")
     assert trainer.ref_model is None
