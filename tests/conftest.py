@@ -1,6 +1,11 @@
 """Shared fixtures: tiny offline VLM checkpoints, built once per test session."""
 
 import pytest
+import torch
+
+# The tiny models do many small matmuls: with pytest-xdist running 2 workers on 2 cores, extra intra-op threads only
+# contend (measured ~8x slower on this machine, and ~50x for bitsandbytes' CPU 4-bit path).
+torch.set_num_threads(1)
 
 from vlm_env_ppo.models.tiny import build_tiny_vlm
 

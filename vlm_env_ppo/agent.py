@@ -78,6 +78,10 @@ def generate_completions(
         max_new_tokens=max_new_tokens,
         suppress_tokens=list(suppress_token_ids) or None,
         pad_token_id=pad_token_id,
+        # A NaN/inf logit (e.g. a bf16 overflow) would make sampling raise; this replaces them (before suppression,
+        # so suppressed tokens stay impossible) and the scoring forward's non-finite log-probs are dealt with by the
+        # trainer (the sample's minibatches are skipped and counted).
+        remove_invalid_values=True,
     )
     completion_ids = generated[:, device_inputs["input_ids"].shape[1] :]  # (batch, C)
     completion_mask = mask_after_eos(completion_ids, eos_token_ids(policy, tokenizer))
@@ -287,15 +291,24 @@ def read_agent_config(path: str) -> dict:
 
 
 def load_agent_policy(path: str, config: dict, is_trainable: bool, **model_kwargs):
-    """The policy of a saved agent: base model + LoRA adapter (a `PeftModel`), or the full fine-tuned model."""
+    """The policy of a saved agent: base model + LoRA adapter (a `PeftModel`), or the full fine-tuned model.
+
+    Weights are read from safetensors only (issue 7): a folder with only pickled ``*.bin`` weights is refused, since
+    unpickling a downloaded file can run code.
+    """
+    model_kwargs = {"dtype": "auto", "use_safetensors": True, **model_kwargs}
     if os.path.isfile(os.path.join(path, ADAPTER_CONFIG)):
         from peft import PeftModel
 
+        if not os.path.isfile(os.path.join(path, "adapter_model.safetensors")):
+            raise FileNotFoundError(
+                f"{path} has an adapter config but no adapter_model.safetensors; only safetensors weights are loaded."
+            )
         with open(os.path.join(path, ADAPTER_CONFIG)) as f:
             base = config.get("base_model") or json.load(f)["base_model_name_or_path"]
-        base_model = AutoModelForImageTextToText.from_pretrained(base, **{"dtype": "auto", **model_kwargs})
+        base_model = AutoModelForImageTextToText.from_pretrained(base, **model_kwargs)
         return PeftModel.from_pretrained(base_model, path, is_trainable=is_trainable)
-    return AutoModelForImageTextToText.from_pretrained(path, **{"dtype": "auto", **model_kwargs})
+    return AutoModelForImageTextToText.from_pretrained(path, **model_kwargs)
 
 
 def load_value_head(path: str) -> ValueHead:

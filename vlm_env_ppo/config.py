@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,6 +119,22 @@ class VLMPPOConfig(TrainingArguments):
             Keyword arguments for `AutoModelForImageTextToText.from_pretrained` when `model` is a string.
         trust_remote_code (`bool`, *optional*, defaults to `False`):
             Allow model/processor code from the Hub. Off unless you turn it on.
+        allow_text_only_model (`bool`, *optional*, defaults to `False`):
+            Accept a model without a vision tower on an env whose observations are images. Off by default because a
+            text-only model would silently ignore the frames; turn it on when your `build_messages` renders the
+            observation as text.
+
+        > Parameters that control fault tolerance (see docs/errors.md)
+
+        max_consecutive_env_errors (`int`, *optional*, defaults to `5`):
+            An exception in an env's `reset`/`step` recreates that env and marks the transition truncated (counted in
+            `env/errors`). When one env raises more than this many times in a row, training stops with an
+            `EnvFaultError` after writing a checkpoint. `0` stops on the first env error.
+        max_skipped_minibatches (`int`, *optional*, defaults to `20`):
+            A minibatch whose loss, gradient norm, or rollout log-probs/values/advantages are not finite is skipped
+            without an optimizer step (counted in `train/skipped_minibatches`). When more than this many minibatches
+            have been skipped over the run, training stops with a `NumericFaultError` after writing a checkpoint.
+            `0` stops on the first skipped minibatch.
     """
 
     # Overridden TrainingArguments defaults
@@ -203,6 +220,17 @@ class VLMPPOConfig(TrainingArguments):
         default=None, metadata={"help": "Keyword arguments for `from_pretrained` when `model` is a string."}
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
+    allow_text_only_model: bool = field(
+        default=False, metadata={"help": "Accept a model without a vision tower on an image env."}
+    )
+
+    # Fault tolerance
+    max_consecutive_env_errors: int = field(
+        default=5, metadata={"help": "Stop (with a checkpoint) when one env raises more than this many times in a row."}
+    )
+    max_skipped_minibatches: int = field(
+        default=20, metadata={"help": "Stop (with a checkpoint) after more than this many non-finite minibatches."}
+    )
 
     # Derived in __post_init__ (not arguments)
     batch_size: int = field(default=0, init=False, metadata={"help": "Derived: num_envs * num_steps."})
@@ -213,9 +241,13 @@ class VLMPPOConfig(TrainingArguments):
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.fp16
         if self.ref_model_quantization in (None, "None", "null"):
             self.ref_model_quantization = "none"
-        super().__post_init__()
+        # Sizes are derived before TrainingArguments' own __post_init__: it hands `gradient_accumulation_steps` to a
+        # `deepspeed=` config, which must get the derived value, not the default 1. Only `num_updates` needs the
+        # process count, known after it.
         self._validate()
         self._derive_sizes()
+        super().__post_init__()
+        self._derive_num_updates()
 
     def _validate(self) -> None:
         def positive(name: str) -> None:
@@ -226,9 +258,32 @@ class VLMPPOConfig(TrainingArguments):
             "num_envs", "num_steps", "total_env_steps", "num_ppo_epochs", "max_new_tokens", "temperature", "eval_episodes"
         ):
             positive(name)
-        for name in ("vf_coef", "kl_coef", "cliprange"):
-            if getattr(self, name) < 0:
+        positive("per_device_train_batch_size")
+        for name in ("vf_coef", "kl_coef", "cliprange", "learning_rate", "weight_decay", "adam_epsilon"):
+            if not getattr(self, name) >= 0:  # `not >=` also catches NaN
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
+        for name in ("temperature", "cliprange", "vf_coef", "kl_coef", "invalid_action_penalty", "learning_rate"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"`{name}` must be a finite number, got {getattr(self, name)}.")
+        if not (self.max_grad_norm is not None and 0 < self.max_grad_norm < math.inf):
+            raise ValueError(
+                f"`max_grad_norm` must be a finite number > 0, got {self.max_grad_norm}: every PPO optimizer step "
+                "clips the gradient norm to it (0 would zero every gradient). Use a large value to clip less."
+            )
+        for name in ("invalid_action_index", "max_consecutive_env_errors", "max_skipped_minibatches"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be an int >= 0, got {getattr(self, name)!r}.")
+        for name in ("env_kwargs", "model_init_kwargs"):
+            value = getattr(self, name)
+            if isinstance(value, str):  # from the command line: a JSON object
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError as err:
+                    message = f"`{name}` must be a dict or a JSON object string, got {value!r} ({err})."
+                    raise ValueError(message) from err
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(f"`{name}` must be a dict or a JSON object string, got {value!r}.")
+            setattr(self, name, value)
         if self.cliprange_value is not None and self.cliprange_value <= 0:
             raise ValueError("`cliprange_value` must be > 0, or None to disable value clipping.")
         for name in ("gamma", "lam", "cot_logprob_coef"):
@@ -275,7 +330,16 @@ class VLMPPOConfig(TrainingArguments):
                 f"({self.mini_batch_size}); the quotient is the number of gradient accumulation steps."
             )
         self.num_mini_batches = self.batch_size // self.mini_batch_size
-        self.gradient_accumulation_steps = self.mini_batch_size // self.per_device_train_batch_size
+        derived_accumulation = self.mini_batch_size // self.per_device_train_batch_size
+        if self.gradient_accumulation_steps not in (1, derived_accumulation):  # 1 is the default: not set
+            raise ValueError(
+                f"gradient_accumulation_steps ({self.gradient_accumulation_steps}) disagrees with mini_batch_size / "
+                f"per_device_train_batch_size = {self.mini_batch_size} / {self.per_device_train_batch_size} = "
+                f"{derived_accumulation}. It is derived from them: leave it unset."
+            )
+        self.gradient_accumulation_steps = derived_accumulation
+
+    def _derive_num_updates(self) -> None:
         steps_per_update = self.batch_size * max(self.world_size, 1)
         self.num_updates = self.total_env_steps // steps_per_update
         if self.num_updates < 1:

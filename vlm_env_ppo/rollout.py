@@ -2,23 +2,110 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
+
+logger = logging.getLogger(__name__)
 
 EnvSpec = str | Callable[[], gym.Env] | VectorEnv
 
 
-def make_vector_env(env: EnvSpec, num_envs: int, env_kwargs: dict | None = None) -> VectorEnv:
+class EnvFaultError(RuntimeError):
+    """The environment kept failing (more than `max_consecutive_env_errors` faults in a row of one env, or any
+    exception from a `VectorEnv` passed in). The trainer writes a checkpoint first and names it in the message and in
+    ``checkpoint``."""
+
+    checkpoint: str | None = None
+
+
+class FaultTolerantEnv(gym.Wrapper):
+    """An env that survives exceptions in its own ``reset``/``step`` (issue 7).
+
+    When the wrapped env raises, it is closed and recreated from ``factory`` and reset on a seed drawn from an RNG
+    seeded by the last seeded ``reset`` (so recovery is reproducible). A failed ``step`` returns the new env's first
+    observation with reward 0, ``terminated=False``, ``truncated=True`` and ``info["env_error"]`` (the exception's
+    repr): the episode ends there and, because of ``env_error``, the trainer does not bootstrap from it (a broken state
+    has no meaningful value). A failed ``reset`` returns the recreated env's reset, also with ``info["env_error"]``.
+
+    ``errors`` counts every exception; ``consecutive_errors`` those since the last successful ``step``. When it exceeds
+    ``max_consecutive_errors`` an `EnvFaultError` is raised (``0``: the first exception is fatal).
+    """
+
+    def __init__(self, factory: Callable[[], gym.Env], max_consecutive_errors: int = 5):
+        super().__init__(factory())
+        self._factory = factory
+        self.max_consecutive_errors = max_consecutive_errors
+        self.errors = 0
+        self.consecutive_errors = 0
+        self._recovery_rng: np.random.Generator | None = None
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:
+            self._recovery_rng = np.random.default_rng(seed)
+        try:
+            return self.env.reset(seed=seed, options=options)
+        except Exception as exc:  # noqa: BLE001 - any env bug: counted, logged, recovered from (issue 7)
+            return self._recover(exc, options)
+
+    def step(self, action):
+        try:
+            result = self.env.step(action)
+        except Exception as exc:  # noqa: BLE001
+            obs, info = self._recover(exc, None)
+            return obs, 0.0, False, True, info
+        self.consecutive_errors = 0
+        return result
+
+    def _recover(self, exc: Exception, options) -> tuple[Any, dict]:
+        while True:
+            self.errors += 1
+            self.consecutive_errors += 1
+            if self.consecutive_errors > self.max_consecutive_errors:
+                raise EnvFaultError(
+                    f"An environment raised {self.consecutive_errors} times in a row, more than "
+                    f"`max_consecutive_env_errors={self.max_consecutive_errors}`; last error: {exc!r}. Fix the env "
+                    "(the traceback above shows where it raised) or raise the limit."
+                ) from exc
+            logger.warning("The env raised %r; recreating it (%d in a row).", exc, self.consecutive_errors)
+            with contextlib.suppress(Exception):
+                self.env.close()
+            seed = int(self._recovery_rng.integers(2**31 - 1)) if self._recovery_rng is not None else None
+            try:
+                self.env = self._factory()
+                obs, info = self.env.reset(seed=seed, options=options)
+            except Exception as new_exc:  # noqa: BLE001 - the recreated env failed too: counts as another fault
+                exc = new_exc
+                continue
+            return obs, {**info, "env_error": repr(exc)[:500]}
+
+
+def is_image_space(space: gym.Space) -> bool:
+    """Whether observations are images: ``(H, W, C)`` with 1, 3 or 4 channels, or ``(H, W)`` uint8."""
+    if not isinstance(space, spaces.Box):
+        return False
+    shape = space.shape
+    return (len(shape) == 3 and shape[-1] in (1, 3, 4)) or (len(shape) == 2 and space.dtype == np.uint8)
+
+
+def make_vector_env(
+    env: EnvSpec, num_envs: int, env_kwargs: dict | None = None, max_consecutive_errors: int | None = None
+) -> VectorEnv:
     """A vector env with same-step autoreset from an env id, a zero-argument factory, or a `VectorEnv`.
 
     Same-step autoreset returns the first observation of the next episode right away and the last one in
     ``info["final_obs"]``, which is what a truncated episode's bootstrap value needs. A next-step autoreset env would
     spend one generation per episode on a step whose action is ignored.
+
+    With ``max_consecutive_errors`` (not None), each env built from an id or a factory is a `FaultTolerantEnv`. A
+    `VectorEnv` passed in is used as is: it cannot be rebuilt one env at a time.
     """
     if isinstance(env, VectorEnv):
         mode = env.metadata.get("autoreset_mode")
@@ -44,6 +131,9 @@ def make_vector_env(env: EnvSpec, num_envs: int, env_kwargs: dict | None = None)
         factory = env
     else:
         raise TypeError(f"`env` must be an env id, a factory or a VectorEnv, got {type(env).__name__}.")
+    if max_consecutive_errors is not None:
+        unguarded = factory
+        factory = lambda: FaultTolerantEnv(unguarded, max_consecutive_errors)
     return SyncVectorEnv([factory] * num_envs, autoreset_mode=AutoresetMode.SAME_STEP)
 
 

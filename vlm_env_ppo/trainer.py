@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from accelerate.utils import gather_object
+from accelerate.utils import DistributedType, gather_object
+from accelerate.utils import set_seed as accelerate_set_seed
+from accelerate.utils.memory import clear_device_cache
 from gymnasium import spaces
 from peft import (
     PeftConfig,
@@ -58,6 +60,7 @@ from .models.loading import (
     load_policy,
     load_processor,
     load_reference_model,
+    vision_modules,
 )
 from .models.value_head import (
     VALUE_HEAD_WEIGHTS,
@@ -65,13 +68,38 @@ from .models.value_head import (
     policy_forward,
     text_hidden_size,
 )
-from .rollout import EnvSpec, EpisodeStats, make_vector_env, unbatch_infos
+from .rollout import (
+    EnvFaultError,
+    EnvSpec,
+    EpisodeStats,
+    FaultTolerantEnv,
+    is_image_space,
+    make_vector_env,
+    unbatch_infos,
+)
 from .tasks import Task, get_task
 
 logger = logging.getLogger(__name__)
 
 TRAINER_STATE_NAME = "trainer_state.json"
 RUN_STATE = "vlm_env_ppo_state.json"
+
+
+class NumericFaultError(RuntimeError):
+    """More than `max_skipped_minibatches` minibatches had a non-finite loss, gradient or rollout statistic. The
+    trainer writes a checkpoint first (skipped minibatches never changed the weights) and names it in the message and
+    in ``checkpoint``."""
+
+    checkpoint: str | None = None
+
+
+def nonfinite_samples(batch: RolloutBatch) -> torch.Tensor:
+    """``(num_steps, num_envs)`` mask of samples with a non-finite rollout log-prob, value or reward (KL included), or
+    a non-finite bootstrap value (``final_values`` where truncated, ``next_value`` on the last step)."""
+    bad = ~(torch.isfinite(batch.logprobs) & torch.isfinite(batch.values) & torch.isfinite(batch.rewards))
+    bad |= batch.truncated & ~batch.terminated & ~torch.isfinite(batch.final_values)
+    bad[-1] |= ~torch.isfinite(batch.next_value)
+    return bad
 
 
 class PolicyAndValue(nn.Module):
@@ -82,6 +110,11 @@ class PolicyAndValue(nn.Module):
         self.policy = policy
         self.value_head = value_head
         self.config = policy.config
+        # FSDP's transformer auto-wrap policy reads the layer classes to shard from here (accelerate fsdp_utils), and
+        # raises on a class the model does not contain (LLaVA lists CLIPTextEmbeddings), so keep the present ones.
+        base = policy.get_base_model() if isinstance(policy, PeftModel) else policy
+        present = {type(m).__name__ for m in base.modules()}
+        self._no_split_modules = sorted(n for n in getattr(base, "_no_split_modules", None) or () if n in present)
 
     def forward(self, prompt_inputs, completion_ids, completion_mask, temperature, compute_entropy=False):
         return policy_forward(
@@ -162,10 +195,20 @@ class VLMPPOTrainer(BaseTrainer):
                 processing_class = AutoProcessor.from_pretrained(model, trust_remote_code=args.trust_remote_code)
             self.base_model_name = agent_config.get("base_model")
         else:
-            policy = load_policy(model, args.model_init_kwargs, args.trust_remote_code)
+            # safetensors only (issue 7): unpickling downloaded weights can run code. Opt out in model_init_kwargs.
+            init_kwargs = {"use_safetensors": True, **(args.model_init_kwargs or {})}
+            policy = load_policy(model, init_kwargs, args.trust_remote_code)
             self.base_model_name = getattr(policy.config, "_name_or_path", None)
         if processing_class is None:
             processing_class = load_processor(policy, args.trust_remote_code)
+        # Environments (each process runs its own, with distinct seeds) and input checks, before any compute is
+        # spent on PEFT, devices or a reference model (docs/errors.md lists every error).
+        self.envs = make_vector_env(env, args.num_envs, args.env_kwargs, args.max_consecutive_env_errors)
+        try:
+            self._validate_inputs(args, policy, processing_class)
+        except Exception:
+            self.envs.close()
+            raise
         tokenizer = get_tokenizer(processing_class)
         tokenizer.padding_side = "left"  # prompts are left-padded so every completion starts at the same index
         if tokenizer.pad_token_id is None:
@@ -219,24 +262,60 @@ class VLMPPOTrainer(BaseTrainer):
             if not (getattr(ref_model, "is_loaded_in_4bit", False) or getattr(ref_model, "is_loaded_in_8bit", False)):
                 self.ref_model.to(self.accelerator.device)
 
-        # Environments: each process runs its own envs with distinct seeds.
-        self.envs = make_vector_env(env, args.num_envs, args.env_kwargs if isinstance(args.env_kwargs, dict) else None)
+        self.env_seed = args.seed + self.accelerator.process_index * args.num_envs
+        self._np_rng = np.random.default_rng(self.env_seed)
+        self.eos_token_ids = eos_token_ids(policy, tokenizer)
+        self.suppress_token_ids = generation_suppress_token_ids(
+            processing_class, policy.config, keep_ids=self.eos_token_ids
+        )
+        self.episode_stats = EpisodeStats(args.num_envs)
+        self.env_steps = 0
+        self.parse_errors = 0
+        # Fault counters (issue 7): cumulative over the run, saved in checkpoints.
+        self.skipped_minibatches = 0
+        self._env_errors_before = 0  # env errors of the run before a resume (the env wrappers count this process's)
+        self._output_faults: dict[str, int] = {}  # per rollout: invalid outputs by reason, truncated completions
+        self._nonfinite_samples = 0  # per rollout
+
+    def _validate_inputs(self, args: VLMPPOConfig, policy, processing_class) -> None:
+        """Errors in the model/processor/env/task combination, raised before any compute (docs/errors.md)."""
         action_space = self.envs.single_action_space
         if not isinstance(action_space, spaces.Discrete):
             raise TypeError(f"Only Discrete action spaces are supported, got {action_space}.")
         self.action_space = action_space
         if self.task is not None and len(self.task.action_names) != action_space.n:
             raise ValueError(
-                f"The task has {len(self.task.action_names)} action names but the env has {action_space.n} actions."
+                f"The task has {len(self.task.action_names)} action names but the env has {action_space.n} actions: "
+                "pass the `task=` that matches the env (or override `parse_action`)."
             )
-        self.env_seed = args.seed + self.accelerator.process_index * args.num_envs
-        self._np_rng = np.random.default_rng(self.env_seed)
-        self.suppress_token_ids = generation_suppress_token_ids(
-            processing_class, policy.config, keep_ids=eos_token_ids(policy, tokenizer)
+        if args.invalid_action == "fixed" and args.invalid_action_index >= action_space.n:
+            raise ValueError(
+                f"`invalid_action_index` ({args.invalid_action_index}) is not an action of the env (it has "
+                f"{action_space.n}); use an index in [0, {action_space.n - 1}]."
+            )
+        has_vision = getattr(policy.config, "vision_config", None) is not None or bool(vision_modules(policy))
+        if not has_vision and is_image_space(self.envs.single_observation_space) and not args.allow_text_only_model:
+            raise ValueError(
+                f"The model ({type(policy).__name__}) has no vision tower but the env's observations are images "
+                f"{self.envs.single_observation_space}: it would never see them. Pass a vision-language model, or set "
+                "`allow_text_only_model=True` if your `build_messages` puts the observation into the text."
+            )
+        overrides_inputs = type(self).build_model_inputs is not VLMPPOTrainer.build_model_inputs
+        template = getattr(processing_class, "chat_template", None) or getattr(
+            get_tokenizer(processing_class), "chat_template", None
         )
-        self.episode_stats = EpisodeStats(args.num_envs)
-        self.env_steps = 0
-        self.parse_errors = 0
+        if not template and not overrides_inputs:
+            raise ValueError(
+                f"The processor ({type(processing_class).__name__}) has no chat template, so prompts cannot be built. "
+                "Set `processor.chat_template` (a Jinja template that renders the image and text content), or "
+                "override `VLMPPOTrainer.build_model_inputs`."
+            )
+
+    @property
+    def env_errors(self) -> int:
+        """Env exceptions survived so far in this run (all envs of this process), including before a resume."""
+        guarded = [e for e in getattr(self.envs, "envs", []) if isinstance(e, FaultTolerantEnv)]
+        return self._env_errors_before + sum(e.errors for e in guarded)
 
     # ------------------------------------------------------------------ hooks
     def build_messages(self, observation, info: dict) -> list[dict]:
@@ -275,13 +354,60 @@ class VLMPPOTrainer(BaseTrainer):
         if parsed.valid and not (parsed.action is not None and 0 <= parsed.action < self.action_space.n):
             self.parse_errors += 1
             logger.warning("parse_action returned out-of-range action %r; treated as invalid.", parsed.action)
-            return ParsedAction(None, False, parsed.action_start)
+            return ParsedAction(None, False, parsed.action_start, "out_of_range")
         return parsed
 
     @torch.no_grad()
     def act(self, observations, infos: list[dict], greedy: bool = False, score: bool = True) -> StepOutput:
         """Generate for all envs at once (one `generate` call), parse, and (``score``) compute the λ-weighted
         log-probs, values and KL that PPO needs."""
+        with self._gathered_weights():
+            return self._act(observations, infos, greedy, score)
+
+    @contextlib.contextmanager
+    def _gathered_weights(self):
+        """Full weights for one env step under ZeRO-3 / FSDP2, which shard them across processes.
+
+        `generate` calls the policy token by token, outside the wrapper that would gather its shards. ZeRO-3: gather
+        every weight once per env step instead of once per token and layer (TRL's `unwrap_model_for_generation` does
+        the same, but expects a `PreTrainedModel`, not our policy + value-head wrapper). FSDP2: unshard the root's own
+        parameters (embeddings, head, value head); the sharded decoder layers gather themselves in their forward hooks.
+        Every process calls this once per env step, so the all-gathers pair up.
+        """
+        wrapped = self.model_wrapped
+        if getattr(self, "is_fsdp_enabled", False):
+            from torch.distributed.fsdp import FSDPModule
+
+            if self.accelerator.state.fsdp_plugin.fsdp_version == 1:
+                raise ValueError(
+                    "FSDP1 cannot generate from the sharded policy; use FSDP2 (`fsdp_version: 2` in the accelerate "
+                    "config, e.g. examples/accelerate_configs/fsdp2.yaml), DeepSpeed ZeRO-2/3, or DDP."
+                )
+            if isinstance(wrapped, FSDPModule):
+                # FSDP2 decides which module is the root on the first forward through it; `generate` would reach the
+                # vision tower's shards first and make one of them the root (then the next real forward raises).
+                wrapped._get_fsdp_state()._lazy_init()
+                wrapped.unshard()
+                try:
+                    yield
+                finally:
+                    wrapped.reshard()
+                return
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if plugin is None or plugin.zero_stage != 3 or wrapped is self.model:
+            yield
+            return
+        import deepspeed
+        from trl.models.utils import add_hooks, remove_hooks
+
+        with deepspeed.zero.GatheredParameters(list(wrapped.parameters())):
+            remove_hooks(wrapped)
+            try:
+                yield
+            finally:
+                add_hooks(wrapped)
+
+    def _act(self, observations, infos: list[dict], greedy: bool, score: bool) -> StepOutput:
         n = len(infos)
         inputs = self.build_model_inputs([self.build_messages(observations[i], infos[i]) for i in range(n)])
         device_inputs = self._to_device(inputs)
@@ -357,14 +483,25 @@ class VLMPPOTrainer(BaseTrainer):
         """``num_steps`` batched env steps of all envs: generate → parse → env.step, recorded in a `RolloutBatch`."""
         args = self.args
         batch = RolloutBatch(args.num_steps, args.num_envs)
+        self._output_faults = {}
+        to_bootstrap: list[tuple] = []  # (step, env, final observation, final info) of truncated episodes
         for t in range(args.num_steps):
             out = self.act(self._obs, self._infos)
+            self._count_output_faults(out)
             actions, valid = self._env_actions(out.parsed)
-            obs, rewards, terminated, truncated, infos = self.envs.step(actions)
+            env_fault = None
+            try:
+                obs, rewards, terminated, truncated, infos = self.envs.step(actions)
+            except Exception as exc:  # noqa: BLE001 - stops the run, with a checkpoint (see `train`)
+                env_fault = exc
+            self._raise_on_env_fault(env_fault)
             self.env_steps += args.num_envs * self.accelerator.num_processes
             infos_list = unbatch_infos(infos, args.num_envs)
             final_infos = [info.get("final_info", {}) for info in infos_list]
             self.episode_stats.step(rewards, terminated, truncated, final_infos)
+            # A step whose env raised (FaultTolerantEnv: truncated + `env_error`) is not bootstrapped: its "final
+            # observation" is the recreated env's first one, not the broken state, so its final value stays 0.
+            broken = np.array(["env_error" in info for info in final_infos], dtype=bool)
 
             batch.prompts += out.prompts
             batch.completions += out.completions
@@ -376,34 +513,65 @@ class VLMPPOTrainer(BaseTrainer):
             batch.terminated[t] = torch.as_tensor(terminated)
             batch.truncated[t] = torch.as_tensor(truncated)
             batch.completion_lengths[t] = torch.tensor([len(c) for c in out.completions])
-            needs_bootstrap = np.flatnonzero(truncated & ~terminated)
-            if len(needs_bootstrap):
-                batch.final_values[t, needs_bootstrap] = self.value_of(
-                    [infos_list[i]["final_obs"] for i in needs_bootstrap], [final_infos[i] for i in needs_bootstrap]
-                )
+            for i in np.flatnonzero(truncated & ~terminated & ~broken):
+                to_bootstrap.append((t, int(i), infos_list[i]["final_obs"], final_infos[i]))
             self._obs, self._infos = obs, infos_list
-        batch.next_value = self.value_of(self._obs, self._infos)
+        # Values of the truncated episodes' final observations and of the observations after the last step, batched
+        # here rather than per step: every process then runs the same number of critic forwards however its
+        # episodes ended (under ZeRO-3/FSDP a forward is a collective, and a process waiting in one would hang).
+        values = self._batched_values(
+            [b[2] for b in to_bootstrap] + [self._obs[i] for i in range(args.num_envs)],
+            [b[3] for b in to_bootstrap] + list(self._infos),
+        )
+        for k, (t, i, _, _) in enumerate(to_bootstrap):
+            batch.final_values[t, i] = values[k]
+        batch.next_value = values[len(to_bootstrap) :]
         penalty = torch.where(batch.valid, 0.0, args.invalid_action_penalty)
         batch.rewards = batch.env_rewards + penalty - args.kl_coef * batch.kl
+        self._free_device_memory()
         return batch
+
+    def _batched_values(self, observations: list, infos: list[dict]) -> torch.Tensor:
+        """`value_of` in chunks of ``num_envs``, with the same number of chunks on every process: a process with fewer
+        observations runs its extra chunks on its first observation and drops the result."""
+        size = self.args.num_envs
+        chunks = -(-len(observations) // size)
+        if self.accelerator.num_processes > 1:
+            chunks = int(self.accelerator.gather(torch.tensor([chunks], device=self.accelerator.device)).max())
+        values = []
+        for c in range(chunks):
+            part = slice(c * size, (c + 1) * size)
+            if observations[part]:
+                values.append(self.value_of(observations[part], infos[part]))
+            else:
+                self.value_of(observations[:1], infos[:1])  # keeps step with the other processes' forwards
+        return torch.cat(values)
 
     # ------------------------------------------------------------------ update
     def compute_advantages(self, batch: RolloutBatch) -> None:
+        # A non-finite rollout statistic (e.g. a bf16 overflow in the scoring forward) must not poison GAE: it would
+        # spread to every earlier step of that env and, through whitening, to the whole batch. It enters GAE as 0 and
+        # its sample gets a NaN advantage and return, so the minibatches holding it are skipped (`ppo_update`).
+        bad = nonfinite_samples(batch)  # (num_steps, num_envs)
+        self._nonfinite_samples = int(bad.sum())
+        finite = lambda x: torch.nan_to_num(x.float(), nan=0.0, posinf=0.0, neginf=0.0)
         advantages, returns = compute_gae(
-            batch.rewards,
-            batch.values,
+            finite(batch.rewards),
+            finite(batch.values),
             batch.terminated,
             batch.truncated,
-            batch.final_values,
-            batch.next_value,
+            finite(batch.final_values),
+            finite(batch.next_value),
             self.args.gamma,
             self.args.lam,
         )
+        advantages[bad], returns[bad] = float("nan"), float("nan")
         batch.returns = returns
         if self.args.whiten_advantages:
-            # Global statistics: every process whitens with the mean/std of all processes' advantages.
+            # Global statistics: every process whitens with the mean/std of all processes' (finite) advantages.
             all_advantages = self.accelerator.gather(advantages.to(self.accelerator.device)).cpu()
-            mean, std = all_advantages.mean(), all_advantages.std(unbiased=False)
+            ok = all_advantages[torch.isfinite(all_advantages)]
+            mean, std = (ok.mean(), ok.std(unbiased=False)) if ok.numel() else (0.0, 1.0)
             advantages = (advantages - mean) / (std + 1e-8)
         batch.advantages = advantages
 
@@ -421,21 +589,35 @@ class VLMPPOTrainer(BaseTrainer):
             for mb_start in range(0, len(batch), args.mini_batch_size):
                 mb_indices = permutation[mb_start : mb_start + args.mini_batch_size]
                 micro_batches = mb_indices.split(args.per_device_train_batch_size)
+                mb_stats, finite = [], True
                 for k, micro in enumerate(micro_batches):
                     mb = batch.minibatch(micro, self.pad_token_id)
                     is_last = k == len(micro_batches) - 1
-                    sync = contextlib.nullcontext() if is_last else self.accelerator.no_sync(model)
-                    with sync:
+                    with self._accumulation_context(model, sync=is_last):
                         loss, step_stats = self._micro_batch_loss(model, mb, device)
-                        self.accelerator.backward(loss / len(micro_batches))
-                    for key, value in step_stats.items():
-                        stats[key].append(value)
+                        # Backward even when non-finite, so every process joins the same gradient all-reduces.
+                        self._backward(loss / len(micro_batches))
+                    rollout_stats = ("old_logprobs", "old_values", "advantages", "returns")
+                    finite = finite and bool(torch.isfinite(loss)) and all(
+                        bool(torch.isfinite(mb[key]).all()) for key in rollout_stats
+                    )
+                    mb_stats.append(step_stats)
                 grad_norm = self.accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                grad_norms.append(float(grad_norm))
-                self.optimizer.step()
-                self.lr_scheduler.step()
+                # (DeepSpeed returns no norm here: it clips, and steps, inside `backward`.)
+                finite = finite and (grad_norm is None or bool(torch.isfinite(torch.as_tensor(grad_norm))))
+                if self._all_processes_finite(finite):
+                    for step_stats in mb_stats:
+                        for key, value in step_stats.items():
+                            stats[key].append(value)
+                    if grad_norm is not None:
+                        grad_norms.append(float(grad_norm))
+                    self.optimizer.step()
+                else:
+                    self._skip_minibatch()
+                self.lr_scheduler.step()  # the schedule follows progress, stepped or skipped
                 self.optimizer.zero_grad(set_to_none=True)
         model.eval()
+        self._free_device_memory()
         mean = lambda xs: float(np.mean(xs)) if xs else float("nan")
         return {
             "losses/policy_loss": mean(stats["pg"]),
@@ -446,7 +628,81 @@ class VLMPPOTrainer(BaseTrainer):
             "losses/entropy": mean(stats["entropy"]),
             "losses/ratio": mean(stats["ratio"]),
             "losses/grad_norm": mean(grad_norms),
+            "train/skipped_minibatches": self.skipped_minibatches,
         }
+
+    def _accumulation_context(self, model, sync: bool):
+        """Gradient accumulation over the micro-batches of one minibatch, the way `Trainer` does it: DDP/FSDP skip the
+        gradient all-reduce until the last micro-batch (``no_sync``); DeepSpeed is told where the accumulation boundary
+        is and reduces, clips and steps there itself, inside `backward` (its ``no_sync`` does not exist for ZeRO-2/3)."""
+        self.accelerator.gradient_state._set_sync_gradients(sync)
+        if sync or self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            return contextlib.nullcontext()
+        return self.accelerator.no_sync(model)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        # The loss is already divided by the number of micro-batches; DeepSpeed would divide it again by its
+        # `gradient_accumulation_steps` (the same fix as transformers#35808 in `Trainer.training_step`).
+        kwargs = {"scale_wrt_gas": False} if self.accelerator.distributed_type == DistributedType.DEEPSPEED else {}
+        self.accelerator.backward(loss, **kwargs)
+
+    def _free_device_memory(self) -> None:
+        """Between phases (rollout → update → rollout) hand the allocator's cached blocks back: generation's KV caches
+        and the update's activations have different shapes, and without this the two phases fragment the cache.
+        A no-op on the CPU."""
+        if self.accelerator.device.type != "cpu":
+            clear_device_cache()
+
+    def _all_processes_finite(self, finite: bool) -> bool:
+        """True when every process's minibatch was finite: they must agree to step or to skip, or the replicas of
+        the weights would drift apart (one tiny all-reduce per optimizer step, only when distributed)."""
+        if self.accelerator.num_processes == 1:
+            return finite
+        flag = torch.tensor(0.0 if finite else 1.0, device=self.accelerator.device)
+        return float(self.accelerator.reduce(flag, reduction="sum")) == 0.0
+
+    def _skip_minibatch(self) -> None:
+        """Count a skipped (non-finite) minibatch; past `max_skipped_minibatches`, stop (`train` saves first)."""
+        self.skipped_minibatches += 1
+        logger.warning(
+            "Skipped a minibatch with a non-finite loss, gradient or rollout statistic (%d so far, limit %d).",
+            self.skipped_minibatches, self.args.max_skipped_minibatches,
+        )
+        if self.skipped_minibatches > self.args.max_skipped_minibatches:
+            raise NumericFaultError(
+                f"{self.skipped_minibatches} minibatches had a non-finite loss, gradient norm or rollout "
+                f"log-prob/value/advantage, more than `max_skipped_minibatches={self.args.max_skipped_minibatches}`. "
+                "Usual causes: a learning rate too high for the model, fp16/bf16 overflow (try float32 or bf16 "
+                "instead of fp16), or an env reward of inf/NaN."
+            )
+
+    def _raise_on_env_fault(self, fault: Exception | None) -> None:
+        """Stop all processes together when an env could not be recovered (`train` saves a checkpoint first)."""
+        failed = fault is not None
+        if self.accelerator.num_processes > 1:  # so that no process waits forever in the next collective
+            flag = torch.tensor(1.0 if failed else 0.0, device=self.accelerator.device)
+            failed = float(self.accelerator.reduce(flag, reduction="sum")) > 0
+        if not failed:
+            return
+        if isinstance(fault, EnvFaultError):
+            raise fault
+        if fault is None:
+            raise EnvFaultError("The environment of another process failed; all processes stop (see its error).")
+        raise EnvFaultError(
+            f"The vector env raised {fault!r}, which cannot be recovered one env at a time (a `VectorEnv` passed in is "
+            "used as is, and errors outside an env's reset/step, such as an observation of the wrong shape, are "
+            "fatal). Pass an env id or a factory to get per-env recovery."
+        ) from fault
+
+    def _count_output_faults(self, out: StepOutput) -> None:
+        """Per-rollout counts of invalid outputs by `ParsedAction.reason`, and of completions cut by max_new_tokens."""
+        for parsed in out.parsed:
+            if not parsed.valid:
+                key = f"env/invalid_reason/{parsed.reason or 'unspecified'}"
+                self._output_faults[key] = self._output_faults.get(key, 0) + 1
+        cut = sum(len(c) >= self.args.max_new_tokens and int(c[-1]) not in self.eos_token_ids for c in out.completions)
+        key = "generation/truncated_completions"
+        self._output_faults[key] = self._output_faults.get(key, 0) + cut
 
     def _micro_batch_loss(self, model, mb: dict, device) -> tuple[torch.Tensor, dict[str, float]]:
         prompt_inputs = self._to_device(mb["prompt_inputs"])
@@ -493,6 +749,10 @@ class VLMPPOTrainer(BaseTrainer):
         opt_steps = args.num_updates * args.optimizer_steps_per_update
         self.create_optimizer_and_scheduler(num_training_steps=opt_steps)
         self.model_wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if self.accelerator.num_processes > 1:
+            # Identical weights came from one seed; sampling must not be identical too, or processes that see the same
+            # frame write the same completion (TRL's GRPOTrainer seeds per process likewise). Resuming restores these.
+            accelerate_set_seed(args.seed, device_specific=True)  # seed + process index
         if resume_from_checkpoint:
             self._resume(resume_from_checkpoint)
         self.state.max_steps = args.num_updates
@@ -510,12 +770,15 @@ class VLMPPOTrainer(BaseTrainer):
             update_start, steps_before = time.time(), self.env_steps
             self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
 
-            # 1. Collect: num_steps batched env steps with the current policy.
-            batch = self.collect_rollout()
-            # 2. Advantages: GAE with truncation bootstrap, whitened over all processes.
-            self.compute_advantages(batch)
-            # 3. PPO epochs over shuffled minibatches.
-            update_stats = self.ppo_update(batch)
+            try:
+                # 1. Collect: num_steps batched env steps with the current policy.
+                batch = self.collect_rollout()
+                # 2. Advantages: GAE with truncation bootstrap, whitened over all processes.
+                self.compute_advantages(batch)
+                # 3. PPO epochs over shuffled minibatches.
+                update_stats = self.ppo_update(batch)
+            except (EnvFaultError, NumericFaultError) as err:
+                self._stop_with_checkpoint(err, steps_before)
             # 4. Log, evaluate, save.
             self.state.global_step += 1
             self.state.epoch = self.env_steps / args.total_env_steps
@@ -579,7 +842,17 @@ class VLMPPOTrainer(BaseTrainer):
         kl = self.accelerator.gather(batch.kl.to(self.accelerator.device)).mean()
         lengths = self.accelerator.gather(batch.completion_lengths.float().to(self.accelerator.device)).mean()
         nan = float("nan")
-        return {
+        ok = torch.isfinite(values) & torch.isfinite(returns)  # samples with non-finite rollout stats were skipped
+        values, returns = values[ok], returns[ok]
+        counts = torch.tensor([self.env_errors, self._nonfinite_samples], device=self.accelerator.device)
+        env_errors, nonfinite = (int(c) for c in self.accelerator.gather(counts).view(-1, 2).sum(0))
+        faults: dict[str, int] = {}
+        for process_faults in gather_object([self._output_faults]):
+            for key, count in process_faults.items():
+                faults[key] = faults.get(key, 0) + count
+        return faults | {
+            "env/errors": env_errors,
+            "train/nonfinite_rollout_samples": nonfinite,
             "env/episode_return": float(np.mean([f[0] for f in finished])) if finished else nan,
             "env/episode_length": float(np.mean([f[1] for f in finished])) if finished else nan,
             "env/success_rate": float(np.mean([f[2] for f in finished])) if finished else nan,
@@ -587,8 +860,8 @@ class VLMPPOTrainer(BaseTrainer):
             "env/invalid_action_rate": float(1 - valid),
             "env/step_reward": float(batch.env_rewards.mean()),
             "objective/kl": float(kl),
-            "values/mean": float(values.mean()),
-            "values/explained_variance": explained_variance(values.flatten(), returns.flatten()),
+            "values/mean": float(values.mean()) if len(values) else nan,
+            "values/explained_variance": explained_variance(values, returns) if len(values) > 1 else nan,
             "generation/completion_length": float(lengths),
             "generation/parse_errors": self.parse_errors,
         }
@@ -673,6 +946,8 @@ class VLMPPOTrainer(BaseTrainer):
             "env_steps": self.env_steps,
             "total_episodes": self.episode_stats.total_episodes,
             "parse_errors": self.parse_errors,
+            "env_errors": self.env_errors,
+            "skipped_minibatches": self.skipped_minibatches,
             "np_rng": self._np_rng.bit_generator.state,
             "process_index": self.accelerator.process_index,
         }
@@ -689,8 +964,33 @@ class VLMPPOTrainer(BaseTrainer):
         self.env_steps = run_state["env_steps"]
         self.episode_stats.total_episodes = run_state["total_episodes"]
         self.parse_errors = run_state["parse_errors"]
+        self._env_errors_before += run_state.get("env_errors", 0) - self.env_errors  # older checkpoints lack them
+        self.skipped_minibatches = run_state.get("skipped_minibatches", 0)
         self._np_rng.bit_generator.state = run_state["np_rng"]
         logger.info("Resumed from %s at update %d, %d env steps.", checkpoint, self.state.global_step, self.env_steps)
+
+    def _stop_with_checkpoint(self, err: EnvFaultError | NumericFaultError, env_steps: int) -> None:
+        """Write ``checkpoint-<global_step>`` and re-raise ``err`` naming it (issue 7: stop cleanly, lose nothing).
+
+        The checkpoint holds the weights as they are: every optimizer step taken so far, none from a skipped
+        minibatch. The interrupted rollout is not in it (as for any checkpoint, see `train`), so the env-step counter
+        goes back to where this update started.
+        """
+        self.env_steps = env_steps
+        path = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        try:
+            self._save_checkpoint(self.model, trial=None)
+        except Exception as save_err:  # noqa: BLE001 - reported inside the fault error, which is what matters
+            err.args = (f"{err} Writing a checkpoint failed too: {save_err!r}.",)
+            raise err  # keeps its cause (the env's or the loss's error); the save error is its context
+        err.checkpoint = path
+        err.args = (
+            (
+                f"{err} Training stopped at update {self.state.global_step}; a checkpoint was written to {path} (load "
+                "it with `VLMAgent.from_pretrained`, or continue with `train(resume_from_checkpoint=...)`)."
+            ),
+        )
+        raise err
 
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **kwargs):
@@ -710,7 +1010,9 @@ def load_policy_weights(policy, path: str) -> None:
         return
     # Full weights are saved in the checkpoint key layout of the model's family (transformers maps keys on save), so
     # load them the way a user would, on the CPU, and copy the tensors over.
-    saved = AutoModelForImageTextToText.from_pretrained(path, dtype=policy.dtype, device_map="cpu")
+    saved = AutoModelForImageTextToText.from_pretrained(
+        path, dtype=policy.dtype, device_map="cpu", use_safetensors=True
+    )
     policy.load_state_dict(saved.state_dict(), strict=True)
     del saved
 
