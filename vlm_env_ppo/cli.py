@@ -25,6 +25,9 @@ class TrainScriptArguments:
         default="llava_next",
         metadata={"help": "Family of the tiny VLM built locally when no `--model_name_or_path` is given."},
     )
+    final_eval_episodes: int = field(
+        default=32, metadata={"help": "Greedy evaluation episodes after training (0: none); goes into the model card."}
+    )
     warm_start_steps: int = field(
         default=0,
         metadata={
@@ -42,20 +45,16 @@ def _parser():
     return TrlParser((TrainScriptArguments, VLMPPOConfig, ModelConfig), prog="vlm-env-ppo train")
 
 
-def train(argv: list[str]) -> dict:
-    """Parse ``argv``, train, save the final agent, print a summary; returns the last logged metrics."""
+def build_trainer(script_args: TrainScriptArguments, args, model_args, trainer_cls=None, **trainer_kwargs):
+    """Model, quantization and LoRA from `trl.ModelConfig`, then a `VLMPPOTrainer` (or ``trainer_cls``).
+
+    With no ``model_name_or_path`` a tiny VLM is built locally in ``output_dir/tiny-base-model``. Examples call this
+    too, so the command line and the example scripts build trainers the same way.
+    """
     from trl import get_peft_config, get_quantization_config
 
     from .models.tiny import build_tiny_vlm
     from .trainer import VLMPPOTrainer
-    from .warm_start import teach_answer_format
-
-    argv = list(argv)
-    if "--model_name_or_path" not in argv and "--config" not in argv and not any(
-        a.startswith("--model_name_or_path=") for a in argv
-    ):
-        argv = ["--config", str(QUICKSTART_CONFIG), *argv]
-    script_args, args, model_args = _parser().parse_args_and_config(argv)
 
     model = model_args.model_name_or_path
     if model is None:
@@ -72,38 +71,159 @@ def train(argv: list[str]) -> dict:
     if quantization_config is not None:
         init_kwargs["quantization_config"] = quantization_config
     args.model_init_kwargs = init_kwargs
+    trainer_cls = trainer_cls or VLMPPOTrainer
+    env = trainer_kwargs.pop("env", script_args.env_id)
+    return trainer_cls(model, args, env=env, peft_config=get_peft_config(model_args), **trainer_kwargs)
 
+
+def run_training(trainer, script_args: TrainScriptArguments) -> dict:
+    """Warm start (if asked), train (resuming if asked), evaluate, save the agent and its learning curve, and print
+    a summary. Returns the last logged training metrics."""
+    from .replay import plot_learning_curve
+    from .warm_start import teach_answer_format
+
+    args = trainer.args
     resume = args.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "last"):
         resume = True  # the last checkpoint in output_dir
-    trainer = VLMPPOTrainer(model, args, env=script_args.env_id, peft_config=get_peft_config(model_args))
     if script_args.warm_start_steps and not resume:
         teach_answer_format(trainer, steps=script_args.warm_start_steps, seed=args.seed)
+    trainer.add_callback(LiveSuccessCallback())
     trainer.train(resume_from_checkpoint=resume)
+    if script_args.final_eval_episodes:
+        trainer.evaluate(num_episodes=script_args.final_eval_episodes)
     trainer.save_model(args.output_dir)
+    curve = os.path.join(args.output_dir, "learning_curve.png")
+    plot_learning_curve(trainer.state.log_history, curve)
     history = [h for h in trainer.state.log_history if "env/success_rate" in h]
     first, last = history[0], history[-1]
+    final_eval = getattr(trainer, "last_eval", None)
+    eval_text = (
+        f" Final evaluation ({final_eval['eval/episodes']} episodes, greedy): success rate "
+        f"{final_eval['eval/success_rate']:.2f}, return {final_eval['eval/episode_return']:.2f}."
+        if final_eval
+        else ""
+    )
     print(
-        f"\nvlm-env-ppo: {trainer.env_steps} env steps on {script_args.env_id}. success rate "
+        f"\nvlm-env-ppo: {trainer.env_steps} env steps on {trainer.env_id or 'custom env'}. success rate "
         f"{first['env/success_rate']:.2f} -> {last['env/success_rate']:.2f}, episode return "
         f"{first['env/episode_return']:.2f} -> {last['env/episode_return']:.2f}, invalid outputs "
-        f"{first['env/invalid_action_rate']:.2f} -> {last['env/invalid_action_rate']:.2f}. Agent saved to "
-        f"{args.output_dir}"
+        f"{first['env/invalid_action_rate']:.2f} -> {last['env/invalid_action_rate']:.2f}.{eval_text} Agent saved to "
+        f"{args.output_dir} (learning curve: {curve})"
     )
     return last
 
 
+def train(argv: list[str]) -> dict:
+    """``vlm-env-ppo train``: parse ``argv`` (YAML ``--config`` + flags), train, save, summarize."""
+    argv = list(argv)
+    if "--model_name_or_path" not in argv and "--config" not in argv and not any(
+        a.startswith("--model_name_or_path=") for a in argv
+    ):
+        argv = ["--config", str(QUICKSTART_CONFIG), *argv]
+    script_args, args, model_args = _parser().parse_args_and_config(argv)
+    return run_training(build_trainer(script_args, args, model_args), script_args)
+
+
+class LiveSuccessCallback:
+    """Shows the latest success rate, return and invalid-output rate on the progress bar instead of printing dicts."""
+
+    def __new__(cls):
+        from transformers.trainer_callback import ProgressCallback
+
+        class _Callback(ProgressCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if state.is_world_process_zero and self.training_bar is not None and logs:
+                    shown = {
+                        "success": logs.get("env/success_rate"),
+                        "return": logs.get("env/episode_return"),
+                        "invalid": logs.get("env/invalid_action_rate"),
+                    }
+                    shown = {k: f"{v:.2f}" for k, v in shown.items() if v is not None}
+                    if shown:
+                        self.training_bar.set_postfix(shown, refresh=True)
+
+        return _Callback()
+
+
+def _agent_parser(prog: str, play: bool):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog, description="Evaluate a saved agent on fixed seeds." if not play
+                                     else "Play episodes with a saved agent; write an HTML replay and a GIF.")
+    parser.add_argument("agent", help="Saved agent folder, checkpoint, or Hub repo id.")
+    parser.add_argument("--env_id", default=None, help="Env id (default: the one the agent was trained on).")
+    parser.add_argument("--num_episodes", type=int, default=3 if play else 32)
+    parser.add_argument("--seed", type=int, default=0, help="Episode k is reset with seed + k.")
+    parser.add_argument("--sample", action="store_true", help="Sample at the training temperature (default greedy).")
+    if play:
+        parser.add_argument("--output", default="replay", help="Writes OUTPUT.html and OUTPUT.gif.")
+    return parser
+
+
+def evaluate_command(argv: list[str]) -> dict:
+    """``vlm-env-ppo eval AGENT``: success rate, return, length, invalid-action rate on fixed seeds, as a table."""
+    from .agent import VLMAgent
+
+    opts = _agent_parser("vlm-env-ppo eval", play=False).parse_args(argv)
+    agent = VLMAgent.from_pretrained(opts.agent)
+    result = agent.evaluate(opts.env_id, num_episodes=opts.num_episodes, seed=opts.seed, greedy=not opts.sample)
+    rows = [("agent", opts.agent), ("env", opts.env_id or agent.config.get("env_id")),
+            ("episodes", result.num_episodes), ("seeds", f"{opts.seed}..{opts.seed + opts.num_episodes - 1}"),
+            ("decoding", "sampled" if opts.sample else "greedy"), ("success rate", f"{result.success_rate:.3f}"),
+            ("mean return", f"{result.mean_return:.3f}"), ("mean episode length", f"{result.mean_episode_length:.2f}"),
+            ("invalid-action rate", f"{result.invalid_action_rate:.3f}")]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    return result.metrics()
+
+
+def play_command(argv: list[str]) -> tuple[str, str]:
+    """``vlm-env-ppo play AGENT``: record episodes to a self-contained HTML replay and an animated GIF."""
+    import gymnasium as gym
+
+    from .agent import VLMAgent
+    from .replay import record_episodes, write_gif, write_html
+
+    opts = _agent_parser("vlm-env-ppo play", play=True).parse_args(argv)
+    agent = VLMAgent.from_pretrained(opts.agent)
+    env_id = opts.env_id or agent.config.get("env_id")
+    episodes = record_episodes(agent, lambda: gym.make(env_id), opts.num_episodes, opts.seed, greedy=not opts.sample)
+    html_path, gif_path = f"{opts.output}.html", f"{opts.output}.gif"
+    write_html(episodes, html_path, title=f"{env_id}: {opts.agent}")
+    write_gif(episodes, gif_path)
+    print(f"Wrote {html_path} and {gif_path} ({sum(len(e) for e in episodes)} steps, {len(episodes)} episodes).")
+    return html_path, gif_path
+
+
+def sft_command(argv: list[str]) -> dict:
+    """``vlm-env-ppo sft``: expert data from the env, SFT with TRL's SFTTrainer (LoRA, merged), evaluation before
+    and after (`vlm_env_ppo.sft.sft_main`). No model: the embedded SFT quickstart (tiny VLM, CPU, no downloads)."""
+    from .sft import sft_main
+
+    return sft_main(argv)
+
+
+COMMANDS = {"train": train, "eval": evaluate_command, "play": play_command, "sft": sft_command}
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    usage = "usage: vlm-env-ppo train [--config file.yaml] [--flag value ...]   (vlm-env-ppo train --help)"
+    usage = (
+        "usage: vlm-env-ppo {sft,train,eval,play} ...\n"
+        "  sft [--config file.yaml] [--flag value ...]    expert data + SFT warm start (no model: a CPU quickstart)\n"
+        "  train [--config file.yaml] [--flag value ...]  PPO training (no model: the embedded quickstart)\n"
+        "  eval AGENT [--num_episodes N --seed S]         evaluate a saved agent on fixed seeds\n"
+        "  play AGENT [--output replay]                   HTML replay + GIF of a few episodes\n"
+        "each command has --help"
+    )
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return
     command, rest = argv[0], argv[1:]
-    if command == "train":
-        train(rest)
-    else:
-        sys.exit(f"Unknown command {command!r}. {usage}")
+    if command not in COMMANDS:
+        sys.exit(f"Unknown command {command!r}.\n{usage}")
+    COMMANDS[command](rest)
 
 
 if __name__ == "__main__":
