@@ -124,7 +124,7 @@ def test_sigkill_mid_run_then_resume(tiny_vlm_path, tmp_path):
         "--output_dir", str(out), "--total_env_steps", str(8 * 4 * updates),
         "--save_steps", "1", "--save_total_limit", "3", "--warm_start_steps", "5", "--disable_tqdm", "true",
     ]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while time.time() < deadline and not (out / "checkpoint-3").is_dir():
