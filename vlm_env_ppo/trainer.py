@@ -407,9 +407,18 @@ class VLMPPOTrainer(BaseTrainer):
             finally:
                 add_hooks(wrapped)
 
+    def _prompt_inputs(self, observations, infos: list[dict]) -> dict[str, torch.Tensor]:
+        """Processor outputs for acting on ``observations``. The critic valued the observations after the last
+        rollout step (`collect_rollout`), and the next rollout starts by acting on those very objects: reuse their
+        processor outputs (images are the expensive part) instead of processing them twice."""
+        valued, self._valued_inputs = getattr(self, "_valued_inputs", None), None
+        if valued is not None and valued[0] is observations and valued[1] is infos:
+            return valued[2]
+        return self.build_model_inputs([self.build_messages(observations[i], infos[i]) for i in range(len(infos))])
+
     def _act(self, observations, infos: list[dict], greedy: bool, score: bool) -> StepOutput:
         n = len(infos)
-        inputs = self.build_model_inputs([self.build_messages(observations[i], infos[i]) for i in range(n)])
+        inputs = self._prompt_inputs(observations, infos)
         device_inputs = self._to_device(inputs)
         policy = self.accelerator.unwrap_model(self.model).policy
         policy.eval()
@@ -462,7 +471,9 @@ class VLMPPOTrainer(BaseTrainer):
     @torch.no_grad()
     def value_of(self, observations, infos: list[dict]) -> torch.Tensor:
         """Critic values of observations (no generation): for bootstrapping truncated episodes and the last step."""
-        inputs = self._to_device(self.build_model_inputs([self.build_messages(o, i) for o, i in zip(observations, infos)]))
+        cpu_inputs = self.build_model_inputs([self.build_messages(o, i) for o, i in zip(observations, infos)])
+        self._valued_inputs = (observations, infos, cpu_inputs)  # see `_prompt_inputs`
+        inputs = self._to_device(cpu_inputs)
         empty = inputs["input_ids"][:, :0]
         _, _, values = self.model(inputs, empty, empty, self.args.temperature)
         return values.float().cpu()
@@ -516,16 +527,14 @@ class VLMPPOTrainer(BaseTrainer):
             for i in np.flatnonzero(truncated & ~terminated & ~broken):
                 to_bootstrap.append((t, int(i), infos_list[i]["final_obs"], final_infos[i]))
             self._obs, self._infos = obs, infos_list
-        # Values of the truncated episodes' final observations and of the observations after the last step, batched
-        # here rather than per step: every process then runs the same number of critic forwards however its
-        # episodes ended (under ZeRO-3/FSDP a forward is a collective, and a process waiting in one would hang).
-        values = self._batched_values(
-            [b[2] for b in to_bootstrap] + [self._obs[i] for i in range(args.num_envs)],
-            [b[3] for b in to_bootstrap] + list(self._infos),
-        )
+        # Values of the truncated episodes' final observations, batched here rather than per step: every process
+        # then runs the same number of critic forwards however its episodes ended (under ZeRO-3/FSDP a forward is a
+        # collective, and a process waiting in one would hang). Then the observations after the last step; the next
+        # rollout's first `act` reuses their processor outputs.
+        values = self._batched_values([b[2] for b in to_bootstrap], [b[3] for b in to_bootstrap])
         for k, (t, i, _, _) in enumerate(to_bootstrap):
             batch.final_values[t, i] = values[k]
-        batch.next_value = values[len(to_bootstrap) :]
+        batch.next_value = self.value_of(self._obs, self._infos)
         penalty = torch.where(batch.valid, 0.0, args.invalid_action_penalty)
         batch.rewards = batch.env_rewards + penalty - args.kl_coef * batch.kl
         self._free_device_memory()
@@ -538,13 +547,13 @@ class VLMPPOTrainer(BaseTrainer):
         chunks = -(-len(observations) // size)
         if self.accelerator.num_processes > 1:
             chunks = int(self.accelerator.gather(torch.tensor([chunks], device=self.accelerator.device)).max())
-        values = []
+        values = [torch.zeros(0)]
         for c in range(chunks):
             part = slice(c * size, (c + 1) * size)
             if observations[part]:
                 values.append(self.value_of(observations[part], infos[part]))
-            else:
-                self.value_of(observations[:1], infos[:1])  # keeps step with the other processes' forwards
+            else:  # keeps step with the other processes' forwards; the value is dropped
+                self.value_of([self._obs[0]], [self._infos[0]])
         return torch.cat(values)
 
     # ------------------------------------------------------------------ update
