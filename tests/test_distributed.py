@@ -10,6 +10,7 @@ reference forward too (kl_coef > 0). Without equal forward counts per rank that 
 A hang fails the test through the subprocess timeout instead of blocking CI.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -30,6 +31,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def kill_tree(pid: int) -> None:
+    """Kill the launcher and every worker under it (torchrun starts each worker in a session of its own, so killing
+    the launcher's process group would leave them running)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        processes = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return
+    for p in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(processes, timeout=30)
+
+
 def launch(tiny_vlm_path, out, *extra) -> list[dict]:
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
     if accelerate is None:
@@ -45,13 +62,14 @@ def launch(tiny_vlm_path, out, *extra) -> list[dict]:
         *extra,
     ]
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        result = subprocess.run(
-            command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S, check=False
-        )
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f"2-process run did not finish in {TIMEOUT_S} s (a hung collective?)\n{(err.stderr or '')[-4000:]}")
-    assert result.returncode == 0, f"2-process run failed:\n{result.stdout[-2000:]}\n{result.stderr[-6000:]}"
+        stdout, stderr = process.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        kill_tree(process.pid)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"2-process run did not finish in {TIMEOUT_S} s (a hung collective?)\n{stderr[-4000:]}")
+    assert process.returncode == 0, f"2-process run failed:\n{stdout[-2000:]}\n{stderr[-6000:]}"
     records = []
     for rank in range(2):
         with open(out / f"rank{rank}.json") as f:
