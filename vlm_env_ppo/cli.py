@@ -45,13 +45,30 @@ def _parser():
     return TrlParser((TrainScriptArguments, VLMPPOConfig, ModelConfig), prog="vlm-env-ppo train")
 
 
+def model_init_kwargs(model_args, base: dict | None = None) -> dict:
+    """`from_pretrained` keyword arguments from `trl.ModelConfig` flags (revision, dtype, attention, 4/8-bit),
+    on top of ``base``; shared by `train` and `sft`."""
+    from trl import get_quantization_config
+
+    kwargs = dict(base or {})
+    kwargs.setdefault("revision", model_args.model_revision)
+    if model_args.dtype not in (None, "auto"):
+        kwargs.setdefault("dtype", model_args.dtype)
+    if model_args.attn_implementation is not None:
+        kwargs.setdefault("attn_implementation", model_args.attn_implementation)
+    quantization_config = get_quantization_config(model_args)
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    return kwargs
+
+
 def build_trainer(script_args: TrainScriptArguments, args, model_args, trainer_cls=None, **trainer_kwargs):
     """Model, quantization and LoRA from `trl.ModelConfig`, then a `VLMPPOTrainer` (or ``trainer_cls``).
 
     With no ``model_name_or_path`` a tiny VLM is built locally in ``output_dir/tiny-base-model``. Examples call this
     too, so the command line and the example scripts build trainers the same way.
     """
-    from trl import get_peft_config, get_quantization_config
+    from trl import get_peft_config
 
     from .models.tiny import build_tiny_vlm
     from .trainer import VLMPPOTrainer
@@ -61,16 +78,7 @@ def build_trainer(script_args: TrainScriptArguments, args, model_args, trainer_c
         model = os.path.join(args.output_dir, "tiny-base-model")
         if not os.path.isfile(os.path.join(model, "config.json")):  # a resumed quickstart keeps its base model
             build_tiny_vlm(script_args.tiny_family, model, seed=args.seed)
-    init_kwargs = dict(args.model_init_kwargs or {})
-    init_kwargs.setdefault("revision", model_args.model_revision)
-    if model_args.dtype not in (None, "auto"):
-        init_kwargs.setdefault("dtype", model_args.dtype)
-    if model_args.attn_implementation is not None:
-        init_kwargs.setdefault("attn_implementation", model_args.attn_implementation)
-    quantization_config = get_quantization_config(model_args)
-    if quantization_config is not None:
-        init_kwargs["quantization_config"] = quantization_config
-    args.model_init_kwargs = init_kwargs
+    args.model_init_kwargs = model_init_kwargs(model_args, args.model_init_kwargs)
     trainer_cls = trainer_cls or VLMPPOTrainer
     env = trainer_kwargs.pop("env", script_args.env_id)
     return trainer_cls(model, args, env=env, peft_config=get_peft_config(model_args), **trainer_kwargs)

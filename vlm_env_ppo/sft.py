@@ -626,7 +626,9 @@ def sft_main(argv: list[str]) -> dict:
     from importlib import resources
 
     from datasets import load_dataset, load_from_disk
-    from trl import get_peft_config, get_quantization_config
+    from trl import get_peft_config
+
+    from .cli import model_init_kwargs
 
     from .models.tiny import build_tiny_vlm
 
@@ -660,16 +662,7 @@ def sft_main(argv: list[str]) -> dict:
     model = model_args.model_name_or_path or build_tiny_vlm(
         script_args.tiny_family, os.path.join(args.output_dir, "tiny-base-model"), seed=args.seed
     )
-    init_kwargs = dict(args.model_init_kwargs or {})
-    init_kwargs.setdefault("revision", model_args.model_revision)
-    if model_args.dtype not in (None, "auto"):
-        init_kwargs.setdefault("dtype", model_args.dtype)
-    if model_args.attn_implementation is not None:
-        init_kwargs.setdefault("attn_implementation", model_args.attn_implementation)
-    quantization_config = get_quantization_config(model_args)
-    if quantization_config is not None:
-        init_kwargs["quantization_config"] = quantization_config
-    args.model_init_kwargs = init_kwargs
+    args.model_init_kwargs = model_init_kwargs(model_args, args.model_init_kwargs)
     peft_config = None
     if not script_args.full_finetune:
         model_args.use_peft = True
