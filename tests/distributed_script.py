@@ -190,6 +190,11 @@ def main():
     record["distributed_type"] = "FSDP2 (by hand)" if cli.fsdp2 else str(trainer.accelerator.distributed_type)
     with open(os.path.join(cli.out, f"rank{rank}.json"), "w") as f:
         json.dump(record, f)
+    # Leave together and tear the process group down: a rank that exits while the other's gloo threads still talk
+    # to it aborts that rank ("terminate called without an active exception").
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
