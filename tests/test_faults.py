@@ -478,7 +478,7 @@ def test_input_errors_come_before_any_compute(tiny_vlm_path, tmp_path, no_comput
         VLMPPOTrainer(path, make_args(tmp_path, **kl), env=NUMBER_LINE, task=ez_points)
     with pytest.raises(ValueError, match=r"`invalid_action_index` \(2\) is not an action of the env"):
         VLMPPOTrainer(path, make_args(tmp_path, invalid_action="fixed", invalid_action_index=2, **kl), env=NUMBER_LINE)
-    with pytest.raises(TypeError, match="Only Discrete action spaces"):
+    with pytest.raises(TypeError, match="Only Discrete and Text action spaces"):
         VLMPPOTrainer(path, make_args(tmp_path, **kl), env=lambda: gym.make("Pendulum-v1"), task=COLOR_CHOICE)
 
 

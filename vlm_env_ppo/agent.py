@@ -15,11 +15,12 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, set_seed
+from transformers import AutoProcessor, PreTrainedTokenizerBase, set_seed
 
 from .actions import ParsedAction
-from .models.loading import generation_suppress_token_ids, get_tokenizer
+from .models.loading import auto_model_from_pretrained, generation_suppress_token_ids, get_tokenizer
 from .models.value_head import VALUE_HEAD_WEIGHTS, ValueHead, policy_forward
+from .envs.adapter import HistoryWrapper, adapt_env, make_env
 from .rollout import episode_success
 from .tasks import Task, get_task
 
@@ -28,7 +29,28 @@ ADAPTER_CONFIG = "adapter_config.json"
 
 
 def build_model_inputs(processing_class, messages: list[list[dict]]) -> dict[str, torch.Tensor]:
-    """Batch of chat conversations → left-padded processor outputs (CPU tensors)."""
+    """Batch of chat conversations → left-padded processor outputs (CPU tensors).
+
+    A plain tokenizer (a text-only model, `allow_text_only_model`) gets each message's text parts joined into a
+    string; image parts are dropped (the user opted in to a model that cannot see them).
+    """
+    if isinstance(processing_class, PreTrainedTokenizerBase):
+        text_messages = [
+            [
+                {
+                    "role": m["role"],
+                    "content": m["content"] if isinstance(m["content"], str) else "\n".join(
+                        part["text"] for part in m["content"] if part.get("type") == "text"
+                    ),
+                }
+                for m in conversation
+            ]
+            for conversation in messages
+        ]
+        return processing_class.apply_chat_template(
+            text_messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+            padding=True,
+        )
     return processing_class.apply_chat_template(
         messages,
         add_generation_prompt=True,
@@ -120,13 +142,14 @@ def evaluate_episodes(
     seed: int,
     batch_size: int = 8,
     max_episode_steps: int = 1000,
-    fallback_action: Callable[[gym.Env], int] | None = None,
+    task: Task | None = None,
 ) -> EvalResult:
     """Play ``num_episodes`` episodes, episode ``k`` reset with ``seed + k``, up to ``batch_size`` at a time.
 
-    ``act_batch(observations, infos)`` returns one `ParsedAction` per env. An invalid output plays
-    ``fallback_action(env)`` (default: action 0) and is counted. Torch is seeded with ``seed`` first, so sampled
-    evaluations repeat exactly too.
+    ``act_batch(observations, infos)`` returns one `ParsedAction` per env; ``task.to_env_action`` turns its index into
+    the env's action (without a task: the index plus the `Discrete` space's ``start``). An invalid output plays
+    action index 0 (the first legal command of a text env) and is counted. Torch is seeded with ``seed`` first, so
+    sampled evaluations repeat exactly too.
     """
     set_seed(seed)
     envs = [make_env() for _ in range(min(batch_size, num_episodes))]
@@ -150,10 +173,14 @@ def evaluate_episodes(
         parsed = act_batch([state[i]["obs"] for i in active], [state[i]["info"] for i in active])
         for i, p in zip(active, parsed):
             s, env = state[i], envs[i]
-            action = p.action if p.valid else (fallback_action(env) if fallback_action else 0)
+            index = p.action if p.valid else 0
             invalid += not p.valid
             steps += 1
-            obs, reward, terminated, truncated, info = env.step(action + int(getattr(env.action_space, "start", 0)))
+            if task is not None:
+                action = task.to_env_action(index, s["info"], env.action_space)
+            else:
+                action = index + int(getattr(env.action_space, "start", 0))
+            obs, reward, terminated, truncated, info = env.step(action)
             s["ret"] += float(reward)
             s["len"] += 1
             s["obs"], s["info"] = obs, info
@@ -275,11 +302,30 @@ class VLMAgent:
         **env_kwargs,
     ) -> EvalResult:
         """Play ``num_episodes`` on seeds ``seed, seed + 1, ...``; greedy by default."""
-        env = env or self.config.get("env_id")
-        make_env = (lambda: gym.make(env, **env_kwargs)) if isinstance(env, str) else env
         return evaluate_episodes(
-            lambda obs, infos: self.act_batch(obs, infos, greedy=greedy)[0], make_env, num_episodes, seed, batch_size
+            lambda obs, infos: self.act_batch(obs, infos, greedy=greedy)[0],
+            self.env_factory(env, **env_kwargs),
+            num_episodes,
+            seed,
+            batch_size,
+            task=self.task,
         )
+
+    def env_factory(self, env: str | Callable[[], gym.Env] | None = None, **env_kwargs) -> Callable[[], gym.Env]:
+        """A zero-argument factory of the env this agent acts in, as the trainer made it: from ``env`` (an id or a
+        factory; default the training env id with its ``env_kwargs``), adapted (`vlm_env_ppo.envs.adapter.make_env`)
+        and, for an agent trained with ``history_length`` > 0, wrapped in a `HistoryWrapper`."""
+        if env is None:
+            env = self.config.get("env_id")
+            env_kwargs = {**(self.config.get("env_kwargs") or {}), **env_kwargs}
+            if env is None:
+                raise ValueError("This agent was trained on an env given as a factory: pass `env=`.")
+        make = (lambda: make_env(env, **env_kwargs)) if isinstance(env, str) else (lambda: adapt_env(env()))
+        length = int(self.config.get("history_length") or 0)
+        if not length:
+            return make
+        names = self.task.action_names if self.task is not None else None
+        return lambda: HistoryWrapper(make(), length, names)
 
 
 def read_agent_config(path: str) -> dict:
@@ -306,9 +352,9 @@ def load_agent_policy(path: str, config: dict, is_trainable: bool, **model_kwarg
             )
         with open(os.path.join(path, ADAPTER_CONFIG)) as f:
             base = config.get("base_model") or json.load(f)["base_model_name_or_path"]
-        base_model = AutoModelForImageTextToText.from_pretrained(base, **model_kwargs)
+        base_model = auto_model_from_pretrained(base, **model_kwargs)
         return PeftModel.from_pretrained(base_model, path, is_trainable=is_trainable)
-    return AutoModelForImageTextToText.from_pretrained(path, **model_kwargs)
+    return auto_model_from_pretrained(path, **model_kwargs)
 
 
 def load_value_head(path: str) -> ValueHead:

@@ -16,13 +16,28 @@ from .models.value_head import PER_TOKEN_KEYS
 Sample = dict[str, torch.Tensor]
 
 
-def split_inputs(inputs: dict[str, torch.Tensor], batch_size: int) -> list[Sample]:
+def split_inputs(
+    inputs: dict[str, torch.Tensor], batch_size: int, images_per_sample: list[int] | None = None
+) -> list[Sample]:
     """Split a batched processor output into ``batch_size`` per-sample input dicts.
 
     Token-level keys lose their (left) padding. Vision keys are cut per sample: tensors whose first dimension is
     the batch keep a leading dimension of 1; Qwen-VL style flattened patches (``pixel_values`` of shape
     ``(sum of patches, dim)`` with ``image_grid_thw``) are cut by each image's patch count.
+
+    Prompts with different numbers of images (multi-turn history early in an episode) need ``images_per_sample``:
+    tensors with one row per image (LLaVA's ``pixel_values`` and ``image_sizes``, Qwen's ``image_grid_thw``) are then
+    cut by those counts. Without it every prompt must carry the same number of images.
     """
+    if images_per_sample is not None and len(images_per_sample) != batch_size:
+        raise ValueError(f"`images_per_sample` has {len(images_per_sample)} entries for {batch_size} prompts.")
+    # With one image per prompt, per-image and per-prompt rows coincide; otherwise per-image rows are cut by count.
+    by_image = images_per_sample is not None and any(c != 1 for c in images_per_sample)
+    if by_image and sum(images_per_sample) == batch_size:
+        raise ValueError(
+            f"Cannot tell per-image from per-prompt processor outputs with {images_per_sample} images per prompt: "
+            "give every prompt at least one image, or none."
+        )
     mask = inputs["attention_mask"].bool()
     samples: list[Sample] = [{} for _ in range(batch_size)]
     for i in range(batch_size):
@@ -37,17 +52,22 @@ def split_inputs(inputs: dict[str, torch.Tensor], batch_size: int) -> list[Sampl
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"Processor output {key!r} is a {type(value).__name__}, expected a tensor.")
         if grid is not None and key in ("pixel_values", "image_grid_thw"):
-            if grid.shape[0] % batch_size:
+            if images_per_sample is not None:
+                counts = list(images_per_sample)
+            elif grid.shape[0] % batch_size:
                 raise ValueError(
                     f"Every prompt must carry the same number of images; got {grid.shape[0]} images for "
                     f"{batch_size} prompts."
                 )
-            per_sample = grid.shape[0] // batch_size
-            if key == "image_grid_thw":
-                pieces = list(value.split(per_sample))
             else:
-                patches = grid.prod(dim=-1).view(batch_size, per_sample).sum(dim=1).tolist()
+                counts = [grid.shape[0] // batch_size] * batch_size
+            if key == "image_grid_thw":
+                pieces = list(value.split(counts))
+            else:
+                patches = [int(g.prod(dim=-1).sum()) for g in grid.split(counts)]
                 pieces = list(value.split(patches))
+        elif by_image and value.shape[0] == sum(images_per_sample):  # one row per image
+            pieces = list(value.split(images_per_sample))
         elif value.shape[0] == batch_size:
             pieces = list(value.split(1))
         else:

@@ -188,15 +188,15 @@ def evaluate_command(argv: list[str]) -> dict:
 
 def play_command(argv: list[str]) -> tuple[str, str]:
     """``vlm-env-ppo play AGENT``: record episodes to a self-contained HTML replay and an animated GIF."""
-    import gymnasium as gym
-
     from .agent import VLMAgent
     from .replay import record_episodes, write_gif, write_html
 
     opts = _agent_parser("vlm-env-ppo play", play=True).parse_args(argv)
     agent = VLMAgent.from_pretrained(opts.agent)
     env_id = opts.env_id or agent.config.get("env_id")
-    episodes = record_episodes(agent, lambda: gym.make(env_id), opts.num_episodes, opts.seed, greedy=not opts.sample)
+    episodes = record_episodes(
+        agent, agent.env_factory(opts.env_id), opts.num_episodes, opts.seed, greedy=not opts.sample
+    )
     html_path, gif_path = f"{opts.output}.html", f"{opts.output}.gif"
     write_html(episodes, html_path, title=f"{env_id}: {opts.agent}")
     write_gif(episodes, gif_path)

@@ -42,6 +42,11 @@ class VLMPPOConfig(TrainingArguments):
             Total env steps to train for, over all processes (paper: 15k per task). Rounded down to whole updates.
         env_kwargs (`dict`, *optional*):
             Keyword arguments passed to `gymnasium.make` when `env` is an id.
+        history_length (`int`, *optional*, defaults to `0`):
+            Multi-turn context: the last `history_length` turns of the episode (each turn's frame, its observation text
+            and the action played) come before the current turn in the prompt, as earlier user/assistant messages
+            (`vlm_env_ppo.envs.adapter.HistoryWrapper`). Log-probs and values are still those of the current turn's
+            completion. `0` (the paper): the current frame only. Each turn adds its image tokens to the prompt.
         action_only (`bool`, *optional*, defaults to `False`):
             Use the action-only prompt (no chain-of-thought; the paper's no-CoT ablation).
         invalid_action (`str`, *optional*, defaults to `"random"`):
@@ -169,6 +174,9 @@ class VLMPPOConfig(TrainingArguments):
     num_steps: int = field(default=128, metadata={"help": "Env steps per env per PPO update."})
     total_env_steps: int = field(default=15000, metadata={"help": "Total env steps over all processes."})
     env_kwargs: dict | str | None = field(default=None, metadata={"help": "Keyword arguments for `gymnasium.make`."})
+    history_length: int = field(
+        default=0, metadata={"help": "Earlier turns (frame, text, action played) in the prompt; 0: current only."}
+    )
     action_only: bool = field(default=False, metadata={"help": "Action-only prompt (no CoT)."})
     invalid_action: str = field(
         default="random",
@@ -270,7 +278,7 @@ class VLMPPOConfig(TrainingArguments):
                 f"`max_grad_norm` must be a finite number > 0, got {self.max_grad_norm}: every PPO optimizer step "
                 "clips the gradient norm to it (0 would zero every gradient). Use a large value to clip less."
             )
-        for name in ("invalid_action_index", "max_consecutive_env_errors", "max_skipped_minibatches"):
+        for name in ("invalid_action_index", "max_consecutive_env_errors", "max_skipped_minibatches", "history_length"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be an int >= 0, got {getattr(self, name)!r}.")
         for name in ("env_kwargs", "model_init_kwargs"):

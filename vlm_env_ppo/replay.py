@@ -33,7 +33,7 @@ def record_episodes(agent, make_env: Callable[[], gym.Env], num_episodes: int, s
                     max_steps: int = 200) -> list[list[StepRecord]]:
     """Play episodes with a `VLMAgent` (episode ``k`` on seed ``seed + k``) and record every step."""
     env = make_env()
-    names = agent.task.action_names
+    task = agent.task
     episodes = []
     for k in range(num_episodes):
         obs, info = env.reset(seed=seed + k)
@@ -41,12 +41,14 @@ def record_episodes(agent, make_env: Callable[[], gym.Env], num_episodes: int, s
         for _ in range(max_steps):
             parsed, texts = agent.act_batch([obs], [info], greedy=greedy)
             p = parsed[0]
-            action = p.action if p.valid else 0
+            index = p.action if p.valid else 0  # the evaluation fallback (`evaluate_episodes`)
             frame = to_pil_image(obs) or Image.new("RGB", (300, 60), "white")
-            prompt = agent.task.prompt(info, action_only=agent.config.get("action_only", False))
+            prompt = task.prompt(info, action_only=agent.config.get("action_only", False))
+            played = task.action_name(index, info)
+            action = task.to_env_action(index, info, env.action_space)
             obs, reward, terminated, truncated, info = env.step(action)
-            steps.append(StepRecord(frame, prompt, texts[0], names[p.action] if p.valid else None, names[action],
-                                    p.valid, float(reward)))
+            steps.append(StepRecord(frame, prompt, texts[0], played if p.valid else None, played, p.valid,
+                                    float(reward)))
             if terminated or truncated:
                 break
         episodes.append(steps)

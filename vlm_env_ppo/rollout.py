@@ -10,7 +10,6 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
 
 logger = logging.getLogger(__name__)
@@ -87,16 +86,12 @@ class FaultTolerantEnv(gym.Wrapper):
             return obs, {**info, "env_error": repr(exc)[:500]}
 
 
-def is_image_space(space: gym.Space) -> bool:
-    """Whether observations are images: ``(H, W, C)`` with 1, 3 or 4 channels, or ``(H, W)`` uint8."""
-    if not isinstance(space, spaces.Box):
-        return False
-    shape = space.shape
-    return (len(shape) == 3 and shape[-1] in (1, 3, 4)) or (len(shape) == 2 and space.dtype == np.uint8)
-
-
 def make_vector_env(
-    env: EnvSpec, num_envs: int, env_kwargs: dict | None = None, max_consecutive_errors: int | None = None
+    env: EnvSpec,
+    num_envs: int,
+    env_kwargs: dict | None = None,
+    max_consecutive_errors: int | None = None,
+    wrap: Callable[[gym.Env], gym.Env] | None = None,
 ) -> VectorEnv:
     """A vector env with same-step autoreset from an env id, a zero-argument factory, or a `VectorEnv`.
 
@@ -104,9 +99,13 @@ def make_vector_env(
     ``info["final_obs"]``, which is what a truncated episode's bootstrap value needs. A next-step autoreset env would
     spend one generation per episode on a step whose action is ignored.
 
-    With ``max_consecutive_errors`` (not None), each env built from an id or a factory is a `FaultTolerantEnv`. A
-    `VectorEnv` passed in is used as is: it cannot be rebuilt one env at a time.
+    Each env built from an id or a factory is adapted for a VLM agent (`vlm_env_ppo.envs.adapter.adapt_env`: frames
+    from ``render()`` for envs whose observations are not pictures, their text in ``info["observation_text"]``), then
+    passed through ``wrap`` (e.g. a `HistoryWrapper`). With ``max_consecutive_errors`` (not None), each is then a
+    `FaultTolerantEnv`. A `VectorEnv` passed in is used as is: it cannot be rebuilt one env at a time.
     """
+    from .envs.adapter import adapt_env, make_env
+
     if isinstance(env, VectorEnv):
         mode = env.metadata.get("autoreset_mode")
         if mode != AutoresetMode.SAME_STEP:
@@ -124,13 +123,14 @@ def make_vector_env(
         )
     if isinstance(env, str):
         env_id, kwargs = env, dict(env_kwargs or {})
-        factory = lambda: gym.make(env_id, **kwargs)  # noqa: E731
+        make = lambda: make_env(env_id, **kwargs)
     elif callable(env):
         if env_kwargs:
             raise ValueError("`env_kwargs` only applies to env ids; bake the arguments into your factory.")
-        factory = env
+        make = lambda: adapt_env(env())
     else:
         raise TypeError(f"`env` must be an env id, a factory or a VectorEnv, got {type(env).__name__}.")
+    factory = make if wrap is None else (lambda: wrap(make()))
     if max_consecutive_errors is not None:
         unguarded = factory
         factory = lambda: FaultTolerantEnv(unguarded, max_consecutive_errors)

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+from gymnasium import spaces
 from PIL import Image
 
 from .actions import ParsedAction, parse_action
-
+from .envs.adapter import HISTORY, OBSERVATION_TEXT
 
 DEFAULT_THOUGHTS_HINT = "describe what you see in the image, then think step by step about which action to take"
 
@@ -40,9 +41,10 @@ class Task:
     Args:
         env_id (`str`):
             The env id, e.g. ``"gym_cards/NumberLine-v0"``; the key in the registry.
-        action_names (`tuple[str, ...]`):
+        action_names (`tuple[str, ...]` or `None`):
             The action names in the env's index order (``action_names[i]`` is env action ``i``). Any sequence of
-            non-empty, distinct strings; stored as a tuple.
+            non-empty, distinct strings; stored as a tuple. `None` for an env with text actions whose legal commands
+            change every step (give ``admissible_actions`` instead).
         description (`str`):
             The task introduction that opens the prompt: what the agent sees and what its goal is.
         info_text (`Callable[[dict], str]` or `None`, *optional*, defaults to `None`):
@@ -50,18 +52,37 @@ class Task:
             far). Called with the step's ``info`` dict (possibly empty); return ``""`` to add nothing.
         thoughts_hint (`str`, *optional*):
             What the ``"thoughts"`` field should contain; shown in the CoT prompt's JSON template.
+        admissible_actions (`Callable[[dict], Sequence[str]]` or `None`, *optional*, defaults to `None`):
+            The legal actions of the current step from its ``info`` (e.g. ``lambda info:
+            info["admissible_commands"]`` for TextWorld/ALFWorld, or a subset of ``action_names`` such as MiniGrid's
+            three movement actions). The prompt lists these, the parser accepts only these, and an invalid output's
+            random fallback draws from these. With ``action_names`` too, names not in ``action_names`` are dropped.
+
+    Parsed actions (`ParsedAction.action`) are indices into ``action_names``, or, for a task without them, into
+    ``legal_actions(info)``; `to_env_action` turns one into what ``env.step`` takes. The text that an adapted env puts
+    in ``info["observation_text"]`` (`vlm_env_ppo.envs.adapter`) is added to the prompt, and the earlier turns in
+    ``info["history"]`` (`HistoryWrapper`) become earlier chat turns.
 
     Use `dataclasses.replace` to change one field of a built-in task, e.g. a different description.
     """
 
     env_id: str
-    action_names: tuple[str, ...]
+    action_names: tuple[str, ...] | None
     description: str
     info_text: Callable[[dict], str] | None = None
     thoughts_hint: str = DEFAULT_THOUGHTS_HINT
+    admissible_actions: Callable[[dict], Sequence[str]] | None = None
     _index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
+        if self.action_names is None:
+            if self.admissible_actions is None:
+                raise ValueError(
+                    "A Task needs `action_names` (one per env action, in index order) or `admissible_actions` (a "
+                    "function from the step's info to its legal text commands)."
+                )
+            object.__setattr__(self, "_index", {})
+            return
         names = tuple(self.action_names) if not isinstance(self.action_names, str) else None
         if not names or not all(isinstance(n, str) and n.strip() for n in names):
             raise ValueError(
@@ -73,6 +94,37 @@ class Task:
         object.__setattr__(self, "action_names", names)
         object.__setattr__(self, "_index", {name: i for i, name in enumerate(names)})
 
+    def legal_actions(self, info: dict | None = None) -> tuple[str, ...]:
+        """The actions legal in the step described by ``info``: ``admissible_actions(info)`` (distinct non-empty
+        strings, in their order; those not in ``action_names`` dropped) or, without that function, ``action_names``.
+        An empty admissible list falls back to ``action_names`` (``()`` for a task without them)."""
+        if self.admissible_actions is None:
+            return self.action_names
+        raw = self.admissible_actions(info if isinstance(info, dict) else {})
+        legal = tuple(dict.fromkeys(a for a in raw or () if isinstance(a, str) and a.strip()))
+        if self.action_names is not None:
+            legal = tuple(a for a in legal if a in self._index)
+        return legal or (self.action_names or ())
+
+    def action_name(self, index: int, info: dict | None = None) -> str:
+        """The name of parsed action ``index`` (see the class docstring for what indices refer to)."""
+        return (self.action_names or self.legal_actions(info))[index]
+
+    def to_env_action(self, index: int, info: dict | None, action_space: spaces.Space):
+        """What ``env.step`` takes for parsed action ``index``: the command string for a `Text` action space, else
+        ``index + action_space.start`` (a `Discrete` action)."""
+        if isinstance(action_space, spaces.Text):
+            return self.action_name(index, info)
+        return int(index) + int(getattr(action_space, "start", 0))
+
+    def sample_action(self, info: dict | None, rng: np.random.Generator) -> int:
+        """A uniformly random legal action (as a parsed-action index), e.g. the fallback for an invalid output."""
+        legal = self.legal_actions(info)
+        if not legal:
+            raise ValueError(f"{self.env_id}: the env reported no legal action to fall back on (info: {info!r}).")
+        k = int(rng.integers(len(legal)))
+        return self._index[legal[k]] if self.action_names is not None else k
+
     def prompt(self, info: dict | None = None, action_only: bool = False) -> str:
         """The text prompt for one step: description, optional info text, legal actions and the answer format.
 
@@ -80,12 +132,17 @@ class Task:
             info (`dict` or `None`): the env's ``info`` for this step, passed to ``info_text``.
             action_only (`bool`): ask for ``{"action": ...}`` only (no reasoning) instead of thoughts then action.
         """
+        info = info if isinstance(info, dict) else {}
         parts = [self.description.strip()]
+        observation_text = info.get(OBSERVATION_TEXT)
+        if isinstance(observation_text, str) and observation_text.strip():
+            parts.append(observation_text.strip())
         if self.info_text is not None:
-            state = self.info_text(info if isinstance(info, dict) else {})
+            state = self.info_text(info)
             if state:
                 parts.append(state.strip())
-        parts.append(f"Choose exactly one action from {json.dumps(list(self.action_names), ensure_ascii=False)}.")
+        legal = list(self.legal_actions(info))
+        parts.append(f"Choose exactly one action from {json.dumps(legal, ensure_ascii=False)}.")
         if action_only:
             template = '{"action": "<one of the actions above>"}'
             parts.append(f"Your response should be a valid JSON object in the following format:\n{template}")
@@ -102,18 +159,39 @@ class Task:
 
         Returns ``[{"role": "user", "content": [{"type": "image", "image": PIL.Image}, {"type": "text", "text":
         prompt}]}]``. A numpy frame (H×W×3 or H×W, uint8) or a PIL image becomes an RGB `PIL.Image.Image`; any other
-        observation (e.g. `None`) gives a text-only message.
+        observation (e.g. a text, or `None`) gives a text-only message.
+
+        With earlier turns in ``info["history"]`` (`vlm_env_ppo.envs.adapter.HistoryWrapper`), each comes first as
+        a user message (its frame and text) and an assistant message with the action played, ``{"action": ...}``.
         """
+        messages = []
+        for turn in (info or {}).get(HISTORY) or ():
+            content = []
+            image = to_pil_image(turn.get("frame"))
+            if image is not None:
+                content.append({"type": "image", "image": image})
+            text = str(turn.get("text") or "").strip()
+            content.append({"type": "text", "text": f"Earlier observation: {text}" if text else "Earlier observation."})
+            answer = json.dumps({"action": turn.get("action")}, ensure_ascii=False)
+            messages.append({"role": "user", "content": content})
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
         content = []
         image = to_pil_image(observation)
         if image is not None:
             content.append({"type": "image", "image": image})
         content.append({"type": "text", "text": self.prompt(info, action_only=action_only)})
-        return [{"role": "user", "content": content}]
+        messages.append({"role": "user", "content": content})
+        return messages
 
     def parse_action(self, completion: str, info: dict | None = None) -> ParsedAction:
-        """Parse a completion into one of this task's actions (`vlm_env_ppo.actions.parse_action`). Never raises."""
-        return parse_action(completion, self.action_names)
+        """Parse a completion into one of the step's legal actions (`vlm_env_ppo.actions.parse_action`); the index is
+        into ``action_names`` (or, without them, ``legal_actions(info)``). Never raises (a raising
+        ``admissible_actions`` is the trainer's to count)."""
+        legal = self.legal_actions(info)
+        parsed = parse_action(completion, legal)
+        if parsed.valid and self.action_names is not None and legal is not self.action_names:
+            return replace(parsed, action=self._index[legal[parsed.action]])
+        return parsed
 
     def example_answer(self, action: str | int, thoughts: str | None = None, action_only: bool = False) -> str:
         """A correct answer in exactly the format the prompt asks for, e.g. for SFT data.
@@ -126,10 +204,10 @@ class Task:
         Example: ``{"thoughts": "The current number 2 is below the target 4.", "action": "+"}``.
         """
         if isinstance(action, int) and not isinstance(action, bool):
-            if not 0 <= action < len(self.action_names):
-                raise ValueError(f"Action index {action} is out of range for {len(self.action_names)} actions.")
+            if self.action_names is None or not 0 <= action < len(self.action_names):
+                raise ValueError(f"Action index {action} is out of range for this task's fixed actions; pass a valid index or a name.")
             action = self.action_names[action]
-        if action not in self._index:
+        if self.action_names is not None and action not in self._index:
             raise ValueError(f"Unknown action {action!r} for {self.env_id}; legal actions: {list(self.action_names)}.")
         answer = {"action": action} if action_only else {"thoughts": thoughts or "", "action": action}
         return json.dumps(answer, ensure_ascii=False)
@@ -228,8 +306,56 @@ COLOR_CHOICE = Task(
     thoughts_hint="describe the colour of the image",
 )
 
+# --------------------------------------------------------------------------------------- third-party gymnasium envs
+# Made with `vlm_env_ppo.envs.adapter.make_env`: rendered rgb_array frames, the mission text in the prompt.
+MINIGRID_ACTIONS = ("turn left", "turn right", "move forward", "pick up", "drop", "toggle", "done")
+_MINIGRID_DESCRIPTION = (
+    "You are playing a grid world game, seen from above. You are the red triangle; it points in the direction you "
+    "face. Grey squares are walls; the lighter area in front of you is what you can see. \"turn left\" and \"turn "
+    "right\" turn you in place, \"move forward\" moves you one square in the direction you face. Complete the "
+    "mission."
+)
+
+
+def minigrid_movement_actions(info: dict) -> tuple[str, ...]:
+    """MiniGrid's three movement actions: all that the navigation tasks (Empty, FourRooms) need."""
+    return MINIGRID_ACTIONS[:3]
+
+
+def minigrid_task(env_id: str, movement_only: bool = True) -> Task:
+    """A task for a MiniGrid env (pip ``minigrid``): its 7 actions named, the mission text from the observation in
+    the prompt, and (``movement_only``) only turn left / turn right / move forward offered."""
+    return Task(
+        env_id=env_id,
+        action_names=MINIGRID_ACTIONS,
+        description=_MINIGRID_DESCRIPTION,
+        admissible_actions=minigrid_movement_actions if movement_only else None,
+        thoughts_hint="first find where you are, which way you face and where the goal is, then decide how to move",
+    )
+
+
+FROZEN_LAKE = Task(
+    env_id="FrozenLake-v1",
+    action_names=("left", "down", "right", "up"),  # gymnasium's FrozenLake action order
+    description=(
+        "You are the elf on a frozen lake seen from above, on a grid of squares. Walk to the present without falling "
+        "into a hole in the ice; each action moves you one square."
+    ),
+    thoughts_hint="first find the elf, the holes and the present, then decide which direction is safe and closer",
+)
+
 TASKS: dict[str, Task] = {
-    task.env_id: task for task in (NUMBER_LINE, EZ_POINTS, POINTS_24, BLACKJACK, COLOR_CHOICE)
+    task.env_id: task
+    for task in (
+        NUMBER_LINE,
+        EZ_POINTS,
+        POINTS_24,
+        BLACKJACK,
+        COLOR_CHOICE,
+        FROZEN_LAKE,
+        *(minigrid_task(f"MiniGrid-{name}-v0") for name in ("Empty-5x5", "Empty-Random-5x5", "Empty-6x6",
+                                                           "Empty-Random-6x6", "Empty-8x8", "Empty-16x16", "FourRooms")),
+    )
 }
 
 
@@ -251,6 +377,8 @@ def get_task(env_id: str) -> Task:
         return TASKS[env_id]
     except (KeyError, TypeError):
         pass
+    if isinstance(env_id, str) and env_id.startswith("MiniGrid-"):  # any other MiniGrid env: all seven actions
+        return minigrid_task(env_id, movement_only=False)
     raise KeyError(
         f"No task is registered for env id {env_id!r}. Known ids: {sorted(TASKS)}. For your own env, build "
         "`vlm_env_ppo.tasks.Task(env_id, action_names, description)` and pass it as `VLMPPOTrainer(..., task=task)` "

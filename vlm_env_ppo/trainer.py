@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from accelerate.utils import DistributedType, gather_object
 from accelerate.utils import set_seed as accelerate_set_seed
 from accelerate.utils.memory import clear_device_cache
 from gymnasium import spaces
+from gymnasium.vector import VectorEnv
 from peft import (
     PeftConfig,
     PeftModel,
@@ -25,7 +27,7 @@ from peft import (
 )
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, TrainerCallback, TrainerState, set_seed
+from transformers import AutoProcessor, PreTrainedModel, TrainerCallback, TrainerState, set_seed
 from transformers.trainer_utils import (
     PREFIX_CHECKPOINT_DIR,
     get_last_checkpoint,
@@ -50,6 +52,7 @@ from .agent import (
 )
 from .buffer import RolloutBatch, split_inputs
 from .config import VLMPPOConfig
+from .envs.adapter import HistoryWrapper, is_image_space
 from .logprobs import action_token_index, token_weights, weighted_logprob
 from .losses import explained_variance, policy_loss, value_loss
 from .models.loading import (
@@ -59,6 +62,7 @@ from .models.loading import (
     get_tokenizer,
     load_policy,
     load_processor,
+    auto_model_from_pretrained,
     load_reference_model,
     vision_modules,
 )
@@ -73,7 +77,6 @@ from .rollout import (
     EnvSpec,
     EpisodeStats,
     FaultTolerantEnv,
-    is_image_space,
     make_vector_env,
     unbatch_infos,
 )
@@ -197,13 +200,22 @@ class VLMPPOTrainer(BaseTrainer):
         else:
             # safetensors only (issue 7): unpickling downloaded weights can run code. Opt out in model_init_kwargs.
             init_kwargs = {"use_safetensors": True, **(args.model_init_kwargs or {})}
-            policy = load_policy(model, init_kwargs, args.trust_remote_code)
+            policy = load_policy(model, init_kwargs, args.trust_remote_code, args.allow_text_only_model)
             self.base_model_name = getattr(policy.config, "_name_or_path", None)
         if processing_class is None:
             processing_class = load_processor(policy, args.trust_remote_code)
         # Environments (each process runs its own, with distinct seeds) and input checks, before any compute is
         # spent on PEFT, devices or a reference model (docs/errors.md lists every error).
-        self.envs = make_vector_env(env, args.num_envs, args.env_kwargs, args.max_consecutive_env_errors)
+        wrap = None
+        if args.history_length:
+            if isinstance(env, VectorEnv):
+                raise ValueError(
+                    "`history_length` > 0 wraps each env in a HistoryWrapper: pass the env as an id or a factory, or "
+                    "wrap your envs in `vlm_env_ppo.envs.adapter.HistoryWrapper` yourself and leave history_length 0."
+                )
+            names = self.task.action_names if self.task is not None else None
+            wrap = functools.partial(HistoryWrapper, length=args.history_length, action_names=names)
+        self.envs = make_vector_env(env, args.num_envs, args.env_kwargs, args.max_consecutive_env_errors, wrap=wrap)
         try:
             self._validate_inputs(args, policy, processing_class)
         except Exception:
@@ -280,10 +292,30 @@ class VLMPPOTrainer(BaseTrainer):
     def _validate_inputs(self, args: VLMPPOConfig, policy, processing_class) -> None:
         """Errors in the model/processor/env/task combination, raised before any compute (docs/errors.md)."""
         action_space = self.envs.single_action_space
-        if not isinstance(action_space, spaces.Discrete):
-            raise TypeError(f"Only Discrete action spaces are supported, got {action_space}.")
         self.action_space = action_space
-        if self.task is not None and len(self.task.action_names) != action_space.n:
+        if isinstance(action_space, spaces.Text):
+            if self.task is None:
+                raise ValueError(
+                    "An env with text actions needs `task=` with `admissible_actions` (e.g. `lambda info: "
+                    "info['admissible_commands']`) or a fixed `action_names`: the trainer turns parsed actions into "
+                    "commands with `Task.to_env_action`."
+                )
+            if args.invalid_action == "fixed":
+                raise ValueError(
+                    "`invalid_action='fixed'` plays a Discrete action index; an env with text actions has none. Use "
+                    "`invalid_action='random'` (a random admissible command)."
+                )
+        elif not isinstance(action_space, spaces.Discrete):
+            raise TypeError(
+                f"Only Discrete and Text action spaces are supported, got {action_space}. Wrap the env so that its "
+                "actions are one of those (e.g. a `gymnasium.ActionWrapper` from indices to your actions)."
+            )
+        elif self.task is not None and self.task.action_names is None:
+            raise ValueError(
+                f"The env has Discrete actions but the task has no `action_names`: name the {action_space.n} actions "
+                "in index order (`admissible_actions` can still restrict them per step)."
+            )
+        elif self.task is not None and len(self.task.action_names) != action_space.n:
             raise ValueError(
                 f"The task has {len(self.task.action_names)} action names but the env has {action_space.n} actions: "
                 "pass the `task=` that matches the env (or override `parse_action`)."
@@ -351,7 +383,7 @@ class VLMPPOTrainer(BaseTrainer):
                 logger.exception("parse_action raised; such outputs are treated as invalid and counted in "
                                  "`generation/parse_errors` (only this first traceback is shown).")
             return ParsedAction(None, False, None, "parse_error")
-        if parsed.valid and not (parsed.action is not None and 0 <= parsed.action < self.action_space.n):
+        if parsed.valid and not (parsed.action is not None and 0 <= parsed.action < self._num_actions(info)):
             self.parse_errors += 1
             logger.warning("parse_action returned out-of-range action %r; treated as invalid.", parsed.action)
             return ParsedAction(None, False, parsed.action_start, "out_of_range")
@@ -413,12 +445,27 @@ class VLMPPOTrainer(BaseTrainer):
         processor outputs (images are the expensive part) instead of processing them twice."""
         valued, self._valued_inputs = getattr(self, "_valued_inputs", None), None
         if valued is not None and valued[0] is observations and valued[1] is infos:
-            return valued[2]
-        return self.build_model_inputs([self.build_messages(observations[i], infos[i]) for i in range(len(infos))])
+            return valued[2], valued[3]
+        return self._inputs_and_image_counts(observations, infos)
+
+    def _inputs_and_image_counts(self, observations, infos: list[dict]) -> tuple[dict, list[int]]:
+        """Processor outputs for ``observations`` and how many images each prompt holds (for `split_inputs`)."""
+        messages = [self.build_messages(o, i) for o, i in zip(observations, infos)]
+        counts = [
+            sum(
+                1
+                for m in conversation
+                if not isinstance(m.get("content"), str)
+                for part in m.get("content") or ()
+                if isinstance(part, dict) and part.get("type") == "image"
+            )
+            for conversation in messages
+        ]
+        return self.build_model_inputs(messages), counts
 
     def _act(self, observations, infos: list[dict], greedy: bool, score: bool) -> StepOutput:
         n = len(infos)
-        inputs = self._prompt_inputs(observations, infos)
+        inputs, image_counts = self._prompt_inputs(observations, infos)
         device_inputs = self._to_device(inputs)
         policy = self.accelerator.unwrap_model(self.model).policy
         policy.eval()
@@ -452,7 +499,7 @@ class VLMPPOTrainer(BaseTrainer):
             out.kl = kl.sum(-1).float().cpu()
         else:
             out.kl = torch.zeros(n)
-        out.prompts = split_inputs(inputs, n)
+        out.prompts = split_inputs(inputs, n, image_counts)
         return out
 
     def _ref_logprobs(self, inputs, completion_ids, completion_mask) -> torch.Tensor:
@@ -471,24 +518,44 @@ class VLMPPOTrainer(BaseTrainer):
     @torch.no_grad()
     def value_of(self, observations, infos: list[dict]) -> torch.Tensor:
         """Critic values of observations (no generation): for bootstrapping truncated episodes and the last step."""
-        cpu_inputs = self.build_model_inputs([self.build_messages(o, i) for o, i in zip(observations, infos)])
-        self._valued_inputs = (observations, infos, cpu_inputs)  # see `_prompt_inputs`
+        cpu_inputs, image_counts = self._inputs_and_image_counts(observations, infos)
+        self._valued_inputs = (observations, infos, cpu_inputs, image_counts)  # see `_prompt_inputs`
         inputs = self._to_device(cpu_inputs)
         empty = inputs["input_ids"][:, :0]
         _, _, values = self.model(inputs, empty, empty, self.args.temperature)
         return values.float().cpu()
 
-    def _env_actions(self, parsed: list[ParsedAction]) -> tuple[np.ndarray, np.ndarray]:
+    def _num_actions(self, info: dict) -> int:
+        """How many parsed-action indices are valid for this step (`Task`: indices into ``action_names`` or, for text
+        actions without them, into the step's legal commands)."""
+        if isinstance(self.action_space, spaces.Discrete):
+            return int(self.action_space.n)
+        return len(self.task.action_names or self.task.legal_actions(info))
+
+    def _random_action(self, info: dict) -> int:
+        """A random legal action index: the fallback for invalid outputs (and the warm start's answers)."""
+        if self.task is None:
+            return int(self._np_rng.integers(self.action_space.n))
+        return self.task.sample_action(info, self._np_rng)
+
+    def to_env_actions(self, indices, infos: list[dict]):
+        """Parsed-action indices → what ``envs.step`` takes: an int array (``Discrete``, offset by its ``start``) or a
+        tuple of command strings (``Text``)."""
+        if isinstance(self.action_space, spaces.Text):
+            return tuple(self.task.to_env_action(int(k), info, self.action_space) for k, info in zip(indices, infos))
+        return np.asarray(indices, dtype=np.int64) + int(self.action_space.start)
+
+    def _env_actions(self, parsed: list[ParsedAction], infos: list[dict]) -> tuple[np.ndarray | tuple, np.ndarray]:
         valid = np.array([p.valid for p in parsed], dtype=bool)
-        actions = np.empty(len(parsed), dtype=np.int64)
-        for i, p in enumerate(parsed):
+        indices = []
+        for p, info in zip(parsed, infos):
             if p.valid:
-                actions[i] = p.action
+                indices.append(p.action)
             elif self.args.invalid_action == "random":
-                actions[i] = self._np_rng.integers(self.action_space.n)
+                indices.append(self._random_action(info))
             else:
-                actions[i] = self.args.invalid_action_index
-        return actions + int(self.action_space.start), valid
+                indices.append(self.args.invalid_action_index)
+        return self.to_env_actions(indices, infos), valid
 
     def collect_rollout(self) -> RolloutBatch:
         """``num_steps`` batched env steps of all envs: generate → parse → env.step, recorded in a `RolloutBatch`."""
@@ -499,7 +566,7 @@ class VLMPPOTrainer(BaseTrainer):
         for t in range(args.num_steps):
             out = self.act(self._obs, self._infos)
             self._count_output_faults(out)
-            actions, valid = self._env_actions(out.parsed)
+            actions, valid = self._env_actions(out.parsed, self._infos)
             env_fault = None
             try:
                 obs, rewards, terminated, truncated, infos = self.envs.step(actions)
@@ -836,6 +903,7 @@ class VLMPPOTrainer(BaseTrainer):
             num_episodes,
             seed,
             batch_size=args.num_envs,
+            task=self.task,
         )
         torch.random.set_rng_state(torch_state)
         metrics = result.metrics(metric_key_prefix)
@@ -882,7 +950,9 @@ class VLMPPOTrainer(BaseTrainer):
             "base_model": self.base_model_name,
             "is_peft": self.is_peft,
             "action_only": self.args.action_only,
-            "action_names": list(self.task.action_names) if self.task is not None else None,
+            "action_names": list(self.task.action_names or ()) if self.task is not None else None,
+            "env_kwargs": self.args.env_kwargs,
+            "history_length": self.args.history_length,
             "temperature": self.args.temperature,
             "top_p": self.args.top_p,
             "max_new_tokens": self.args.max_new_tokens,
@@ -1019,9 +1089,7 @@ def load_policy_weights(policy, path: str) -> None:
         return
     # Full weights are saved in the checkpoint key layout of the model's family (transformers maps keys on save), so
     # load them the way a user would, on the CPU, and copy the tensors over.
-    saved = AutoModelForImageTextToText.from_pretrained(
-        path, dtype=policy.dtype, device_map="cpu", use_safetensors=True
-    )
+    saved = auto_model_from_pretrained(path, dtype=policy.dtype, device_map="cpu", use_safetensors=True)
     policy.load_state_dict(saved.state_dict(), strict=True)
     del saved
 

@@ -39,10 +39,12 @@ def teach_answer_format(trainer, steps: int = 60, learning_rate: float = 3e-3, s
     for _ in range(steps):
         messages = [trainer.build_messages(obs[i], infos[i]) for i in range(envs.num_envs)]
         prompt_inputs = trainer._to_device(trainer.build_model_inputs(messages))
-        actions = rng.integers(len(trainer.task.action_names), size=envs.num_envs)
+        actions = [trainer.task.sample_action(info, rng) for info in infos]
         answers = [
-            trainer.task.example_answer(int(a), thoughts="I look at the image.", action_only=trainer.args.action_only)
-            for a in actions
+            trainer.task.example_answer(
+                trainer.task.action_name(a, info), thoughts="I look at the image.", action_only=trainer.args.action_only
+            )
+            for a, info in zip(actions, infos)
         ]
         ids = [
             torch.tensor(tokenizer.encode(a, add_special_tokens=False) + [tokenizer.eos_token_id]) for a in answers
@@ -56,7 +58,7 @@ def teach_answer_format(trainer, steps: int = 60, learning_rate: float = 3e-3, s
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-        obs, _, _, _, infos = envs.step(actions + int(trainer.action_space.start))
+        obs, _, _, _, infos = envs.step(trainer.to_env_actions(actions, infos))
         infos = unbatch_infos(infos, envs.num_envs)
     model.eval()
     return losses

@@ -7,27 +7,55 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+)
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 logger = logging.getLogger(__name__)
 
 _VISION_TOWER_NAMES = ("vision_tower", "visual", "vision_model")
 
 
-def load_policy(model: str | PreTrainedModel, model_init_kwargs: dict | None, trust_remote_code: bool):
-    """A Hub id / local path → ``AutoModelForImageTextToText``; a loaded model is returned as is."""
+def is_text_only_checkpoint(name_or_path: str, trust_remote_code: bool = False, **kwargs) -> bool:
+    """Whether a checkpoint is a plain language model (no image-text-to-text architecture for its ``model_type``)."""
+    config_kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "token", "cache_dir")}
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **config_kwargs)
+    return config.model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES and not getattr(
+        config, "vision_config", None
+    )
+
+
+def auto_model_from_pretrained(name_or_path: str, trust_remote_code: bool = False, **kwargs) -> PreTrainedModel:
+    """``AutoModelForImageTextToText`` for a VLM checkpoint, ``AutoModelForCausalLM`` for a text-only one."""
+    text_only = is_text_only_checkpoint(name_or_path, trust_remote_code, **kwargs)
+    auto = AutoModelForCausalLM if text_only else AutoModelForImageTextToText
+    return auto.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
+
+
+def load_policy(
+    model: str | PreTrainedModel, model_init_kwargs: dict | None, trust_remote_code: bool, allow_text_only: bool = False
+):
+    """A Hub id / local path → ``AutoModelForImageTextToText`` (or, with ``allow_text_only``, ``AutoModelForCausalLM``
+    for a text-only checkpoint); a loaded model is returned as is."""
     if isinstance(model, PreTrainedModel):
         return model
     if not isinstance(model, str):
         raise TypeError(f"`model` must be a model id, a local path or a loaded model, got {type(model).__name__}.")
     kwargs = {"dtype": "auto", **(model_init_kwargs or {})}
-    try:
-        return AutoModelForImageTextToText.from_pretrained(model, trust_remote_code=trust_remote_code, **kwargs)
-    except ValueError as err:
-        raise ValueError(
-            f"Could not load {model!r} as an image-text-to-text model ({err}). Pass a vision-language model, or a "
-            "loaded model object if yours needs another Auto class."
-        ) from err
+    if is_text_only_checkpoint(model, trust_remote_code, **kwargs):
+        if not allow_text_only:
+            raise ValueError(
+                f"{model!r} is a text-only language model, not a vision-language model. To train it on an env whose "
+                "observations are text (or that you render as text), set `allow_text_only_model=True`."
+            )
+        return AutoModelForCausalLM.from_pretrained(model, trust_remote_code=trust_remote_code, **kwargs)
+    return AutoModelForImageTextToText.from_pretrained(model, trust_remote_code=trust_remote_code, **kwargs)
 
 
 def load_processor(model: PreTrainedModel, trust_remote_code: bool):
@@ -83,7 +111,7 @@ def load_reference_model(name_or_path: str, quantization: str, dtype: torch.dtyp
         )
     elif quantization == "8bit":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-    ref = AutoModelForImageTextToText.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
+    ref = auto_model_from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
     disable_bnb_cpu_repacking(ref)
     ref.eval().requires_grad_(False)
     return ref

@@ -37,6 +37,8 @@ from collections.abc import Iterable, Sequence
 import torch
 
 TINY_FAMILIES = ("llava", "llava_next", "qwen2_5_vl", "idefics3")
+# A tiny text-only Llama (``AutoModelForCausalLM`` + tokenizer), for text envs with `allow_text_only_model`.
+TEXT_FAMILY = "text"
 
 # Shared by all families: chat markers and the usual special tokens. Family image tokens are added per family.
 BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
@@ -48,8 +50,10 @@ _IMAGE_PLACEHOLDER = {
     "llava_next": "<image>",
     "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
     "idefics3": "<image>",
+    TEXT_FAMILY: "",
 }
 _FAMILY_SPECIAL_TOKENS = {
+    TEXT_FAMILY: (),
     "llava": ("<image>",),
     "llava_next": ("<image>",),
     "qwen2_5_vl": ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"),
@@ -403,21 +407,26 @@ def _build_idefics3(tokenizer, overrides: dict):
 def create_tiny_vlm(
     family: str, *, seed: int = 0, vocab_size: int = 1024, extra_texts: Iterable[str] = (), **overrides
 ):
-    """A tiny random-weight VLM and its processor, in memory: ``(model, processor)``. See `build_tiny_vlm`."""
-    from transformers import AutoModelForImageTextToText
+    """A tiny random-weight VLM and its processor, in memory: ``(model, processor)``. See `build_tiny_vlm`.
+    ``family="text"`` gives a text-only Llama and its tokenizer instead."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, LlamaConfig
 
-    if family not in TINY_FAMILIES:
-        raise ValueError(f"Unknown tiny VLM family {family!r}; choose one of {TINY_FAMILIES}.")
+    if family not in (*TINY_FAMILIES, TEXT_FAMILY):
+        raise ValueError(f"Unknown tiny VLM family {family!r}; choose one of {TINY_FAMILIES} or {TEXT_FAMILY!r}.")
     tokenizer = _tokenizer_for(family, vocab_size, tuple(extra_texts))
     overrides = dict(overrides)
-    if family in ("llava", "llava_next"):
+    auto = AutoModelForImageTextToText
+    if family == TEXT_FAMILY:
+        config, processor = LlamaConfig(**_text_kwargs(tokenizer, **overrides)), tokenizer
+        auto = AutoModelForCausalLM
+    elif family in ("llava", "llava_next"):
         config, processor = _build_llava(tokenizer, family == "llava_next", overrides)
     elif family == "qwen2_5_vl":
         config, processor = _build_qwen2_5_vl(tokenizer, overrides)
     else:
         config, processor = _build_idefics3(tokenizer, overrides)
     torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(config)
+    model = auto.from_config(config)
     model.eval()
     generation_config = model.generation_config
     generation_config.bos_token_id = tokenizer.bos_token_id
@@ -431,7 +440,8 @@ def build_tiny_vlm(family: str, output_dir: str | os.PathLike, *, seed: int = 0,
 
     Args:
         family: one of `TINY_FAMILIES`: ``"llava"``, ``"llava_next"`` (the paper's LLaVA-1.6), ``"qwen2_5_vl"``,
-            ``"idefics3"`` (SmolVLM's architecture).
+            ``"idefics3"`` (SmolVLM's architecture); or ``"text"``, a text-only Llama (``AutoModelForCausalLM`` and
+            a tokenizer, for text envs).
         output_dir: where to write ``config.json``, the weights, the tokenizer and the processor files.
         seed: ``torch.manual_seed`` for the random weights: the same seed gives the same checkpoint.
         **overrides: ``vocab_size`` / ``extra_texts`` for `train_tiny_tokenizer`; fields of the top-level VLM
