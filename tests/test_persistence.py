@@ -198,3 +198,28 @@ def test_periodic_evaluation_during_training(tiny_vlm_path, tmp_path):
     trainer.train()
     evals = [h for h in trainer.state.log_history if "eval/success_rate" in h]
     assert [h["step"] for h in evals] == [1, 2, 3] and all(h["eval/episodes"] == 2 for h in evals)
+
+
+def test_save_writes_the_gathered_state_dict_not_local_shards(tiny_vlm_path, tmp_path):
+    """Under ZeRO-3 / FSDP `Trainer.save_model` gathers the wrapper's full state dict and hands it to `_save`; the
+    agent folder must hold those weights (the local parameters are empty shards there)."""
+    from safetensors.torch import load_file
+
+    trainer = VLMPPOTrainer(tiny_vlm_path("llava_next"), make_args(tmp_path), env="vlm_env_ppo/ColorChoice-v0")
+    gathered = {k: v.clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()}
+    head_key = next(k for k in gathered if k.startswith("value_head."))
+    gathered[head_key] = torch.full_like(gathered[head_key], 0.5)
+    gathered["policy.lm_head.weight"] = torch.full_like(gathered["policy.lm_head.weight"], 0.25)
+    out = tmp_path / "agent"
+    trainer._save(str(out), state_dict=gathered)
+    head = load_file(out / "value_head.safetensors")
+    assert torch.all(head[head_key[len("value_head."):]] == 0.5)
+    saved = {}
+    for shard in out.glob("*.safetensors"):
+        if shard.name != "value_head.safetensors":
+            saved.update(load_file(shard))
+    lm_head = [v for k, v in saved.items() if k.endswith("lm_head.weight")]  # the family's checkpoint key layout
+    assert len(lm_head) == 1 and torch.all(lm_head[0] == 0.25)
+    assert not torch.all(trainer.model.policy.lm_head.weight == 0.25)  # the live model was not touched
+    agent = VLMAgent.from_pretrained(str(out))
+    assert torch.all(agent.policy.lm_head.weight == 0.25)

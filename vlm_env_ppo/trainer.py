@@ -964,13 +964,24 @@ class VLMPPOTrainer(BaseTrainer):
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """A complete agent folder: policy (adapter or full weights), value head (safetensors), processor,
-        ``vlm_env_ppo.json`` and a model card. `VLMAgent.from_pretrained` and `VLMPPOTrainer(model=folder)` load it."""
+        ``vlm_env_ppo.json`` and a model card. `VLMAgent.from_pretrained` and `VLMPPOTrainer(model=folder)` load it.
+
+        Under ZeRO-3 / FSDP the parameters are sharded: `Trainer.save_model` gathers the full ``state_dict`` (of the
+        policy + value-head wrapper) on every process first and passes it here; it is split into the two parts, so
+        the folder holds whole weights, not one process's shards. Only the main process writes.
+        """
+        if not self.args.should_save:
+            return
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         unwrapped = self.accelerator.unwrap_model(self.model)
-        unwrapped.policy.save_pretrained(output_dir, safe_serialization=True)
+        policy_state = head_state = None
+        if state_dict:  # gathered by Trainer.save_model (ZeRO-3 / FSDP); `{}` means "not gathered"
+            policy_state = {k[len("policy."):]: v for k, v in state_dict.items() if k.startswith("policy.")}
+            head_state = {k[len("value_head."):]: v for k, v in state_dict.items() if k.startswith("value_head.")}
+        unwrapped.policy.save_pretrained(output_dir, state_dict=policy_state, safe_serialization=True)
         save_file(
-            {k: v.detach().cpu().contiguous() for k, v in unwrapped.value_head.state_dict().items()},
+            {k: v.detach().cpu().contiguous() for k, v in (head_state or unwrapped.value_head.state_dict()).items()},
             os.path.join(output_dir, VALUE_HEAD_WEIGHTS),
             metadata={"config": json.dumps(unwrapped.value_head.config)},
         )

@@ -91,8 +91,11 @@ def policy_forward(
     )
     logits = outputs.logits[:, :-1, :]  # (batch, C, vocab): position P-1+j predicts completion token j
     if compute_entropy:
+        # Entropy is only logged (the loss has no entropy bonus): no graph for it, which saves a (batch, C, vocab)
+        # activation per micro-batch.
         logprobs, entropy = selective_log_softmax_and_entropy(
-            logits.float(), completion_ids, temperature=temperature, row_mask=completion_mask
+            logits.float(), completion_ids, entropy_requires_grad=False, temperature=temperature,
+            row_mask=completion_mask,
         )
     else:
         logprobs = selective_log_softmax(logits.float(), completion_ids, temperature=temperature)
