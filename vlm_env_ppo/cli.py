@@ -45,6 +45,24 @@ def _parser():
     return TrlParser((TrainScriptArguments, VLMPPOConfig, ModelConfig), prog="vlm-env-ppo train")
 
 
+def parse_train_args(argv: list[str] | None = None, default_config=None, defaults: dict | None = None):
+    """Parse ``argv`` (default ``sys.argv[1:]``) as ``vlm-env-ppo train`` does, with TRL's
+    ``TrlParser((TrainScriptArguments, VLMPPOConfig, ModelConfig))``; returns the three dataclasses.
+
+    Precedence, lowest first: the dataclass defaults, ``defaults`` (a dict of field values), the YAML ``--config``
+    (``default_config`` when ``argv`` names none), flags on the command line. The example scripts call this with
+    their own YAML, so they take exactly the flags of ``vlm-env-ppo train``.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if default_config is not None and "--config" not in argv:
+        argv = ["--config", str(default_config), *argv]
+    parser = _parser()
+    unknown = parser.set_defaults_with_config(**(defaults or {}))
+    if unknown:
+        raise ValueError(f"Unknown fields in `defaults`: {unknown[::2]}; see `vlm-env-ppo train --help`.")
+    return parser.parse_args_and_config(argv)
+
+
 def model_init_kwargs(model_args, base: dict | None = None) -> dict:
     """`from_pretrained` keyword arguments from `trl.ModelConfig` flags (revision, dtype, attention, 4/8-bit),
     on top of ``base``; shared by `train` and `sft`."""
@@ -125,11 +143,8 @@ def run_training(trainer, script_args: TrainScriptArguments) -> dict:
 def train(argv: list[str]) -> dict:
     """``vlm-env-ppo train``: parse ``argv`` (YAML ``--config`` + flags), train, save, summarize."""
     argv = list(argv)
-    if "--model_name_or_path" not in argv and "--config" not in argv and not any(
-        a.startswith("--model_name_or_path=") for a in argv
-    ):
-        argv = ["--config", str(QUICKSTART_CONFIG), *argv]
-    script_args, args, model_args = _parser().parse_args_and_config(argv)
+    quickstart = "--model_name_or_path" not in argv and not any(a.startswith("--model_name_or_path=") for a in argv)
+    script_args, args, model_args = parse_train_args(argv, default_config=QUICKSTART_CONFIG if quickstart else None)
     return run_training(build_trainer(script_args, args, model_args), script_args)
 
 
