@@ -47,6 +47,8 @@ def test_save_load_same_greedy_actions_and_values(tiny_vlm_path, tmp_path, peft)
     assert expected <= set(os.listdir(out))
     card = (out / "README.md").read_text()
     assert "gym_cards/NumberLine-v0" in card and "success rate" in card and "PPO" in card
+    assert "fine-tuned version of a local model" in card and "[None]" not in card  # the tiny base is a local path
+    assert f'VLMAgent.from_pretrained("{out.name}")' in card and "pipeline(" not in card  # how the agent is used
 
     obs, infos = observations("gym_cards/NumberLine-v0", 6, seed=5)
     trainer_out = trainer.act(obs, infos, greedy=True, score=False)

@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -1143,5 +1144,21 @@ def write_model_card(trainer: VLMPPOTrainer, output_dir: str) -> None:
         "Load it with `vlm_env_ppo.agent.VLMAgent.from_pretrained(path_or_repo_id)`; continue training with "
         "`VLMPPOTrainer(model=path_or_repo_id, ...)`.\n"
     )
-    card.text = card.text + section
+    # TRL's template names a Hub base model and shows a text-generation pipeline: say what a local base model was,
+    # and show how this agent is actually used.
+    intro = (
+        f"This model is a fine-tuned version of [{base}](https://huggingface.co/{base})."
+        if base
+        else f"This model is a fine-tuned version of a local model (`{trainer.base_model_name}`)."
+    )
+    text = re.sub(r"This model is a fine-tuned version of \[[^\]]*\]\([^)]*\)\.", lambda _: intro, card.text, count=1)
+    repo = trainer.hub_model_id or os.path.basename(os.path.abspath(output_dir))
+    quick_start = (
+        "## Quick start\n\n```python\nfrom vlm_env_ppo.agent import VLMAgent\n\n"
+        f'agent = VLMAgent.from_pretrained("{repo}")\n'
+        "action, parsed, text = agent.act(frame, info)      # one observation of the env\n"
+        "print(agent.evaluate(num_episodes=32, seed=0))     # the training env, fixed seeds\n```\n\n"
+    )
+    text = re.sub(r"## Quick start\n.*?(?=## Training procedure)", lambda _: quick_start, text, count=1, flags=re.S)
+    card.text = text + section
     card.save(os.path.join(output_dir, "README.md"))
