@@ -21,7 +21,13 @@ INFOS = {
 
 
 def test_builtin_tasks_match_the_env_contract():
-    assert sorted(TASKS) == sorted([*ENV_IDS, "vlm_env_ppo/ColorChoice-v0"])
+    assert {*ENV_IDS, "vlm_env_ppo/ColorChoice-v0", "FrozenLake-v1", "MiniGrid-Empty-5x5-v0"} <= set(TASKS)
+    from vlm_env_ppo.envs.adapter import make_env
+
+    for env_id, task in TASKS.items():  # one name per env action, in the env's index order
+        env = make_env(env_id)
+        assert len(task.action_names) == env.action_space.n, env_id
+        env.close()
     numbers = tuple(str(i) for i in range(1, 11))
     assert get_task("gym_cards/NumberLine-v0").action_names == ("-", "+")
     assert get_task("gym_cards/EZPoints-v0").action_names == numbers + ("+", "*", "=")

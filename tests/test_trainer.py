@@ -303,3 +303,16 @@ def test_env_argument_errors(tiny_vlm_path, tmp_path):
         VLMPPOTrainer(tiny_vlm_path("llava_next"), make_args(tmp_path), env=ColorChoiceEnv())
     with pytest.raises(KeyError, match="No task is registered"):
         VLMPPOTrainer(tiny_vlm_path("llava_next"), make_args(tmp_path), env="CartPole-v1")
+
+
+@pytest.mark.parametrize("scheduler", ["linear", "cosine", "constant", "cosine_with_min_lr"])
+def test_scheduler_kwargs_default_fits_the_chosen_scheduler(tmp_path, scheduler):
+    """The paper's `min_lr` floor is the default only for `cosine_with_min_lr`; another `--lr_scheduler_type` must
+    build its scheduler (it used to fail: `get_linear_schedule_with_warmup() got an unexpected keyword 'min_lr'`)."""
+    from transformers.optimization import get_scheduler
+
+    args = make_args(tmp_path, lr_scheduler_type=scheduler)
+    assert args.lr_scheduler_kwargs == ({"min_lr": 1e-9} if scheduler == "cosine_with_min_lr" else {})
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    get_scheduler(scheduler, optimizer, num_warmup_steps=0, num_training_steps=10,
+                  scheduler_specific_kwargs=args.lr_scheduler_kwargs)

@@ -18,9 +18,9 @@ import torch
 from transformers import AutoProcessor, PreTrainedTokenizerBase, set_seed
 
 from .actions import ParsedAction
+from .envs.adapter import HistoryWrapper, adapt_env, make_env
 from .models.loading import auto_model_from_pretrained, generation_suppress_token_ids, get_tokenizer
 from .models.value_head import VALUE_HEAD_WEIGHTS, ValueHead, policy_forward
-from .envs.adapter import HistoryWrapper, adapt_env, make_env
 from .rollout import episode_success
 from .tasks import Task, get_task
 
@@ -135,6 +135,11 @@ class EvalResult:
 ActBatch = Callable[[list, list[dict]], list[ParsedAction]]
 
 
+def random_legal_action(task: Task | None, info: dict, action_space, rng: np.random.Generator) -> int:
+    """A random legal action index (the fallback for an invalid output outside training)."""
+    return task.sample_action(info, rng) if task is not None else int(rng.integers(action_space.n))
+
+
 def evaluate_episodes(
     act_batch: ActBatch,
     make_env: Callable[[], gym.Env],
@@ -147,9 +152,11 @@ def evaluate_episodes(
     """Play ``num_episodes`` episodes, episode ``k`` reset with ``seed + k``, up to ``batch_size`` at a time.
 
     ``act_batch(observations, infos)`` returns one `ParsedAction` per env; ``task.to_env_action`` turns its index into
-    the env's action (without a task: the index plus the `Discrete` space's ``start``). An invalid output plays
-    action index 0 (the first legal command of a text env) and is counted. Torch is seeded with ``seed`` first, so
-    sampled evaluations repeat exactly too.
+    the env's action (without a task: the index plus the `Discrete` space's ``start``). An invalid output is counted
+    and plays a random legal action, as in training (`invalid_action="random"`, the paper) — not a fixed action,
+    which would score every invalid output as a success wherever that action happens to be right. Torch is seeded
+    with ``seed`` and episode ``k``'s fallback RNG with ``(seed, k)``, so evaluations repeat exactly whatever the
+    ``batch_size``.
     """
     set_seed(seed)
     envs = [make_env() for _ in range(min(batch_size, num_episodes))]
@@ -163,7 +170,8 @@ def evaluate_episodes(
             state[i] = None
             return
         obs, info = envs[i].reset(seed=seed + next_episode)
-        state[i] = {"obs": obs, "info": info, "ret": 0.0, "len": 0}
+        rng = np.random.default_rng((seed, next_episode))
+        state[i] = {"obs": obs, "info": info, "ret": 0.0, "len": 0, "rng": rng}
         next_episode += 1
 
     for i in range(len(envs)):
@@ -173,7 +181,7 @@ def evaluate_episodes(
         parsed = act_batch([state[i]["obs"] for i in active], [state[i]["info"] for i in active])
         for i, p in zip(active, parsed):
             s, env = state[i], envs[i]
-            index = p.action if p.valid else 0
+            index = p.action if p.valid else random_legal_action(task, s["info"], env.action_space, s["rng"])
             invalid += not p.valid
             steps += 1
             if task is not None:

@@ -126,7 +126,8 @@ def run_training(trainer, script_args: TrainScriptArguments) -> dict:
     final_eval = getattr(trainer, "last_eval", None)
     eval_text = (
         f" Final evaluation ({final_eval['eval/episodes']} episodes, greedy): success rate "
-        f"{final_eval['eval/success_rate']:.2f}, return {final_eval['eval/episode_return']:.2f}."
+        f"{final_eval['eval/success_rate']:.2f}, return {final_eval['eval/episode_return']:.2f}, invalid outputs "
+        f"{final_eval['eval/invalid_action_rate']:.2f} (each played a random legal action)."
         if final_eval
         else ""
     )

@@ -148,8 +148,11 @@ class VLMPPOConfig(TrainingArguments):
         default="cosine_with_min_lr", metadata={"help": "Scheduler type (paper: cosine from 1e-5 to 1e-9)."}
     )
     lr_scheduler_kwargs: dict | str | None = field(
-        default_factory=lambda: {"min_lr": 1e-9},
-        metadata={"help": "Extra scheduler arguments; default `{'min_lr': 1e-9}` (the paper's floor)."},
+        default=None,
+        metadata={
+            "help": "Extra scheduler arguments; default `{'min_lr': 1e-9}` (the paper's floor) for "
+            "`cosine_with_min_lr`, none for other schedulers."
+        },
     )
     per_device_train_batch_size: int = field(
         default=1, metadata={"help": "Samples per forward/backward micro-batch in the PPO update."}
@@ -249,6 +252,8 @@ class VLMPPOConfig(TrainingArguments):
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.fp16
         if self.ref_model_quantization in (None, "None", "null"):
             self.ref_model_quantization = "none"
+        if self.lr_scheduler_kwargs is None:  # the paper's floor, only for the scheduler that takes it
+            self.lr_scheduler_kwargs = {"min_lr": 1e-9} if self.lr_scheduler_type == "cosine_with_min_lr" else {}
         # Sizes are derived before TrainingArguments' own __post_init__: it hands `gradient_accumulation_steps` to a
         # `deepspeed=` config, which must get the derived value, not the default 1. Only `num_updates` needs the
         # process count, known after it.

@@ -15,6 +15,7 @@ import gymnasium as gym
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .agent import random_legal_action
 from .tasks import to_pil_image
 
 
@@ -37,11 +38,12 @@ def record_episodes(agent, make_env: Callable[[], gym.Env], num_episodes: int, s
     episodes = []
     for k in range(num_episodes):
         obs, info = env.reset(seed=seed + k)
+        rng = np.random.default_rng((seed, k))  # the fallback RNG of `evaluate_episodes`
         steps: list[StepRecord] = []
         for _ in range(max_steps):
             parsed, texts = agent.act_batch([obs], [info], greedy=greedy)
             p = parsed[0]
-            index = p.action if p.valid else 0  # the evaluation fallback (`evaluate_episodes`)
+            index = p.action if p.valid else random_legal_action(task, info, env.action_space, rng)  # as in eval
             frame = to_pil_image(obs) or Image.new("RGB", (300, 60), "white")
             prompt = task.prompt(info, action_only=agent.config.get("action_only", False))
             played = task.action_name(index, info)
