@@ -338,10 +338,10 @@ FROZEN_LAKE = Task(
     env_id="FrozenLake-v1",
     action_names=("left", "down", "right", "up"),  # gymnasium's FrozenLake action order
     description=(
-        "You are the elf on a frozen lake seen from above, on a grid of squares. Walk to the present without falling "
-        "into a hole in the ice; each action moves you one square."
+        "You are the elf on a frozen lake seen from above, on a grid of squares. Walk to the goal square with the red "
+        "flag without stepping into a hole in the ice (the dark blue squares); each action moves you one square."
     ),
-    thoughts_hint="first find the elf, the holes and the present, then decide which direction is safe and closer",
+    thoughts_hint="first find the elf, the holes and the flag, then decide which direction is safe and closer",
 )
 
 TASKS: dict[str, Task] = {
