@@ -6,7 +6,10 @@ Importing this package registers, with gymnasium:
 - ``gym_cards/NumberLine-v0`` (`NumberLineEnv`), ``gym_cards/EZPoints-v0`` (`EZPointsEnv`),
   ``gym_cards/Points24-v0`` (`Points24Env`), ``gym_cards/Blackjack-v0`` (`BlackjackEnv`): the paper's ids, so its
   users can switch;
-- ``vlm_env_ppo/ColorChoice-v0`` (`vlm_env_ppo.envs.probe.ColorChoiceEnv`): a one-step visual probe for tests.
+- ``vlm_env_ppo/ColorChoice-v0`` (`vlm_env_ppo.envs.probe.ColorChoiceEnv`): a one-step visual probe for tests;
+- ``vlm_env_ppo/TextWorld-v0`` (`vlm_env_ppo.envs.textworld_env.TextWorldEnv`, needs the ``textworld`` extra; pass
+  ``game_files=`` or ``games_dir=``) and ``vlm_env_ppo/ALFWorld-v0`` (`vlm_env_ppo.envs.alfworld_env.ALFWorldEnv`,
+  needs the ``alfworld`` extra and its data): text games, observations and actions are strings.
 
 Registration is idempotent: ids already in ``gymnasium.envs.registry`` are left alone.
 
@@ -37,6 +40,9 @@ ENTRY_POINTS = {
     "gym_cards/Points24-v0": "vlm_env_ppo.envs.points24:Points24Env",
     "gym_cards/Blackjack-v0": "vlm_env_ppo.envs.blackjack:BlackjackEnv",
     "vlm_env_ppo/ColorChoice-v0": "vlm_env_ppo.envs.probe:ColorChoiceEnv",
+    # Text games: their modules import textworld/alfworld only when an env is made.
+    "vlm_env_ppo/TextWorld-v0": "vlm_env_ppo.envs.textworld_env:TextWorldEnv",
+    "vlm_env_ppo/ALFWorld-v0": "vlm_env_ppo.envs.alfworld_env:ALFWorldEnv",
 }
 
 # Env id -> action names in the env's index order (``ACTION_NAMES[env_id][i]`` is action ``i``), default arguments.
