@@ -26,3 +26,33 @@ def tiny_vlm_path(tmp_path_factory):
         return cache[key]
 
     return get
+
+
+ALFWORLD_TRIALS = (
+    "pick_clean_then_place_in_recep-Apple-None-Fridge-1/trial_tiny_clean_apple",
+    "look_at_obj_in_light-Book-None-DeskLamp-1/trial_tiny_book_lamp",
+)
+
+
+@pytest.fixture(scope="session")
+def textworld_games(tmp_path_factory):
+    """Three small TextWorld games generated offline with TextWorld's own compiler (seed 0): their file paths."""
+    from vlm_env_ppo.envs.textworld_env import make_textworld_games
+
+    return make_textworld_games(tmp_path_factory.mktemp("textworld_games"), num_games=3, seed=0)
+
+
+@pytest.fixture(scope="session")
+def alfworld_data(tmp_path_factory):
+    """A copy of ``tests/data/alfworld`` (two hand-written ALFWorld trials) with their ``game.tw-pddl`` built from
+    the PDDL domain and grammar the ``alfworld`` wheel ships: a data folder for ``ALFWorldEnv(data_dir=...)``."""
+    import shutil
+    from pathlib import Path
+
+    from vlm_env_ppo.envs.alfworld_env import make_alfworld_game
+
+    root = tmp_path_factory.mktemp("alfworld")
+    shutil.copytree(Path(__file__).parent / "data" / "alfworld", root, dirs_exist_ok=True)
+    for trial in ALFWORLD_TRIALS:
+        make_alfworld_game(root / trial, seed=0)
+    return root

@@ -21,16 +21,22 @@ def assert_key_at(completion: str, parsed: ParsedAction):
     assert completion[parsed.action_start :].lower().startswith(('"action"', "'action'", "action"))
 
 
+# A text game's step (TextWorld, ALFWorld): the legal commands come with the info; the other tasks ignore it.
+TEXT_GAME_INFO = {"admissible_commands": ["go to fridge 1", "open fridge 1", "take apple 1 from countertop 1", "look"]}
+
+
 # ------------------------------------------------------------------ prompt and parser agree
 @pytest.mark.parametrize("env_id", sorted(TASKS))
 @pytest.mark.parametrize("action_only", [False, True])
 def test_every_builtin_action_round_trips(env_id, action_only):
     task = TASKS[env_id]
-    for name in task.legal_actions({}):  # MiniGrid's navigation tasks offer 3 of their 7 actions
+    legal = task.legal_actions(TEXT_GAME_INFO)  # MiniGrid's navigation tasks offer 3 of their 7 actions
+    for name in legal:
         answer = task.example_answer(name, thoughts="Thinking about it.", action_only=action_only)
-        parsed = task.parse_action(answer)
-        assert parsed == ParsedAction(task.action_names.index(name), True, answer.index('"action"'), "ok"), answer
-    for name in set(task.action_names) - set(task.legal_actions({})):  # named but not offered: invalid
+        parsed = task.parse_action(answer, TEXT_GAME_INFO)
+        expected = task.action_names.index(name) if task.action_names else legal.index(name)  # text: the command's
+        assert parsed == ParsedAction(expected, True, answer.index('"action"'), "ok"), answer
+    for name in set(task.action_names or ()) - set(legal):  # named but not offered: invalid
         assert not task.parse_action(task.example_answer(name, action_only=action_only)).valid
 
 
@@ -234,10 +240,12 @@ def test_never_raises_after_an_action_key(completion, names):
 )
 def test_example_answer_round_trips(env_id, data, thoughts, action_only):
     task = TASKS[env_id]
-    name = data.draw(st.sampled_from(task.legal_actions({})))
+    legal = task.legal_actions(TEXT_GAME_INFO)
+    name = data.draw(st.sampled_from(legal))
     answer = task.example_answer(name, thoughts=thoughts, action_only=action_only)
-    parsed = task.parse_action(answer)
-    assert (parsed.action, parsed.valid) == (task.action_names.index(name), True)
+    parsed = task.parse_action(answer, TEXT_GAME_INFO)
+    assert (parsed.action, parsed.valid) == (task.action_names.index(name) if task.action_names else legal.index(name),
+                                             True)
     assert parsed.action_start == answer.rindex('"action"')
 
 

@@ -279,3 +279,31 @@ def test_text_env_trains_a_text_only_language_model(tmp_path):
     agent = VLMAgent.from_pretrained(str(tmp_path / "agent"), task=KEY_DOOR)
     result = agent.evaluate(KeyDoorText, num_episodes=2, batch_size=2)
     assert result.num_episodes == 2 and result.mean_episode_length <= 10
+
+
+def test_text_lm_trains_on_textworld_games_by_env_id(textworld_games, tmp_path):
+    """TextWorld through its registered id and `env_kwargs`: the adapter makes it text-only, the built-in task lists
+    each step's admissible commands and keeps the goal in the prompt, and every command the games receive was
+    admissible at its step."""
+    model = build_tiny_vlm("text", tmp_path / "tiny-text-lm")
+    args = _config(tmp_path, allow_text_only_model=True, env_kwargs={"game_files": textworld_games})
+    trainer = VLMPPOTrainer(model, args, env="vlm_env_ppo/TextWorld-v0")
+    assert isinstance(trainer.envs.single_observation_space, spaces.Text)
+    _, info = trainer.envs.envs[0].reset(seed=0)
+    prompt = trainer.task.prompt(info)
+    assert f"Your task: {info['task_description']}" in prompt and info["observation_text"] in prompt
+    assert json.dumps(list(info["admissible_commands"])) in prompt
+    checked = []
+    step = trainer.envs.step
+
+    def checking_step(commands):
+        for command, info in zip(commands, trainer._infos):
+            assert command in info["admissible_commands"]
+            checked.append(command)
+        return step(commands)
+
+    trainer.envs.step = checking_step
+    trainer.train()
+    assert trainer.state.global_step == 2 and len(checked) == 16
+    rates = [h["env/invalid_action_rate"] for h in trainer.state.log_history if "env/invalid_action_rate" in h]
+    assert len(rates) == 2 and all(0 <= r <= 1 for r in rates)

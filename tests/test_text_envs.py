@@ -2,9 +2,7 @@
 
 import json
 import os
-import shutil
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import gymnasium as gym
@@ -29,7 +27,6 @@ from vlm_env_ppo.envs.textworld_env import (
     text_space,
 )
 
-ALFWORLD_DATA = Path(__file__).parent / "data" / "alfworld"
 CLEAN_APPLE = "pick_clean_then_place_in_recep-Apple-None-Fridge-1/trial_tiny_clean_apple"
 BOOK_LAMP = "look_at_obj_in_light-Book-None-DeskLamp-1/trial_tiny_book_lamp"
 CLEAN_APPLE_WALKTHROUGH = [
@@ -143,12 +140,9 @@ def test_task_from_traj_data_or_folder_name(tmp_path):
 # --- TextWorld -----------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tw_games(tmp_path_factory):
-    pytest.importorskip("textworld")
-    from vlm_env_ppo.envs.textworld_env import make_textworld_games
-
-    return make_textworld_games(tmp_path_factory.mktemp("tw_games"), num_games=3, seed=0)
+@pytest.fixture
+def tw_games(textworld_games):  # conftest: generated once per session
+    return textworld_games
 
 
 @pytest.fixture
@@ -284,16 +278,9 @@ def test_textworld_in_a_same_step_vector_env(tw_games):
 # --- ALFWorld ------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def alf_data(tmp_path_factory):
-    pytest.importorskip("alfworld")
-    from vlm_env_ppo.envs.alfworld_env import make_alfworld_game
-
-    root = tmp_path_factory.mktemp("alfworld")
-    shutil.copytree(ALFWORLD_DATA, root, dirs_exist_ok=True)
-    for trial in (CLEAN_APPLE, BOOK_LAMP):
-        make_alfworld_game(root / trial, seed=0)
-    return root
+@pytest.fixture
+def alf_data(alfworld_data):  # conftest: the hand-written trials with their games built
+    return alfworld_data
 
 
 def make_alf_env(alf_data, **kwargs):

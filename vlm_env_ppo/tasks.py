@@ -344,6 +344,43 @@ FROZEN_LAKE = Task(
     thoughts_hint="first find the elf, the holes and the flag, then decide which direction is safe and closer",
 )
 
+def admissible_commands(info: dict) -> Sequence[str]:
+    """The legal commands of a text game's step: ``info["admissible_commands"]`` (TextWorld, ALFWorld)."""
+    return info.get("admissible_commands") or ()
+
+
+def goal_text(info: dict) -> str:
+    """The text game's goal, from ``info["task_description"]``, to keep it in every step's prompt."""
+    goal = info.get("task_description")
+    return f"Your task: {goal}" if isinstance(goal, str) and goal.strip() else ""
+
+
+TEXTWORLD = Task(
+    env_id="vlm_env_ppo/TextWorld-v0",
+    action_names=None,  # text commands; the legal ones change every step
+    description=(
+        "You are playing a text adventure game. Below is what the game just said. Type one command at a time to "
+        "complete your task."
+    ),
+    info_text=goal_text,
+    admissible_actions=admissible_commands,
+    thoughts_hint="first recall your task and where you are, then decide which command brings you closer to it",
+)
+
+# RL4VLM's ALFWorld prompt (VLM_PPO_ALF), rewritten: the scene in words, the task, the admissible actions.
+ALFWORLD = Task(
+    env_id="vlm_env_ppo/ALFWorld-v0",
+    action_names=None,
+    description=(
+        "You are an expert in the ALFRED embodied household environment. Below is the text description of what you "
+        "currently see. Complete your task with one admissible action at a time."
+    ),
+    info_text=goal_text,
+    admissible_actions=admissible_commands,
+    thoughts_hint="first recall your task and what you have done so far, then decide which admissible action to take "
+    "next",
+)
+
 TASKS: dict[str, Task] = {
     task.env_id: task
     for task in (
@@ -353,6 +390,8 @@ TASKS: dict[str, Task] = {
         BLACKJACK,
         COLOR_CHOICE,
         FROZEN_LAKE,
+        TEXTWORLD,
+        ALFWORLD,
         *(minigrid_task(f"MiniGrid-{name}-v0") for name in ("Empty-5x5", "Empty-Random-5x5", "Empty-6x6",
                                                            "Empty-Random-6x6", "Empty-8x8", "Empty-16x16", "FourRooms")),
     )

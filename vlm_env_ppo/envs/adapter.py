@@ -36,10 +36,12 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from .textworld_env import MAX_OBSERVATION_LENGTH, text_space
+
 OBSERVATION_TEXT = "observation_text"
 HISTORY = "history"
-# A text observation space for text-only envs; the vector env keeps a tuple of these strings.
-TEXT_SPACE = spaces.Text(max_length=1 << 16, charset=frozenset(map(chr, range(32, 127))) | {"\n", "\t"})
+# A text observation space for text-only envs (the text games' own); the vector env keeps a tuple of these strings.
+TEXT_SPACE = text_space(MAX_OBSERVATION_LENGTH)
 
 
 def is_image_space(space: gym.Space) -> bool:
