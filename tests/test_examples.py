@@ -145,6 +145,27 @@ def test_minigrid_example_trains_through_the_generic_adapter(tiny_vlm_path, tmp_
     assert frame.shape == (160, 160, 3) and info["observation_text"] == "mission: get to the green goal square"
 
 
+def test_alfworld_example_trains_a_text_model_on_offline_games(tiny_vlm_path, alfworld_data, tmp_path):
+    """examples/alfworld.py with RL4VLM's YAML shrunk to one update, on the two hand-written ALFWorld games, with a
+    tiny text-only LM (the text engine gives no frames): the games are found through `env_kwargs`, the YAML's
+    RL4VLM settings survive (λ, temperature, invalid-action penalty), and the agent is saved."""
+    out = tmp_path / "agent"
+    stdout = run_example(
+        "alfworld.py", "--model_name_or_path", tiny_vlm_path("text"), "--allow_text_only_model", "true",
+        "--env_kwargs", json.dumps({"data_dir": str(alfworld_data)}), "--output_dir", str(out), *TINY_FLAGS,
+        "--train_vision_tower", "false", cwd=tmp_path,
+    )  # fmt: skip
+    assert "vlm-env-ppo: 4 env steps on vlm_env_ppo/ALFWorld-v0." in stdout
+    assert "Final evaluation (2 episodes, greedy)" in stdout
+    saved = assert_saved_agent(out, "vlm_env_ppo/ALFWorld-v0", env_steps=4)
+    assert saved["env_kwargs"] == {"data_dir": str(alfworld_data)} and saved["action_names"] == []
+    assert saved["temperature"] == 0.2 and saved["cot_logprob_coef"] == 0.2  # RL4VLM's run_alf.sh, from the YAML
+    import torch
+
+    args = torch.load(out / "training_args.bin", weights_only=False)  # our own file, written by this run
+    assert args.invalid_action_penalty == -1.0 and args.num_ppo_epochs == 4 and args.learning_rate == 1e-5
+
+
 PAPER = {  # DESIGN.md §2 (the paper) and RL4VLM's launch scripts; see the comments in each YAML
     "learning_rate": 1e-5, "num_ppo_epochs": 4, "cliprange": 0.1, "cliprange_value": 0.1, "vf_coef": 0.5,
     "gamma": 0.9, "lam": 0.95, "temperature": 0.2, "max_new_tokens": 256, "cot_logprob_coef": 0.5,

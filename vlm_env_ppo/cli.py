@@ -123,6 +123,13 @@ def run_training(trainer, script_args: TrainScriptArguments) -> dict:
     plot_learning_curve(trainer.state.log_history, curve)
     history = [h for h in trainer.state.log_history if "env/success_rate" in h]
     first, last = history[0], history[-1]
+    ended = [h for h in history if h.get("env/episodes", 0) > 0]  # updates in which some episode finished
+    episodes_text = (
+        f"success rate {ended[0]['env/success_rate']:.2f} -> {ended[-1]['env/success_rate']:.2f}, episode return "
+        f"{ended[0]['env/episode_return']:.2f} -> {ended[-1]['env/episode_return']:.2f}"
+        if ended
+        else "no episode ended during training"
+    )
     final_eval = getattr(trainer, "last_eval", None)
     eval_text = (
         f" Final evaluation ({final_eval['eval/episodes']} episodes, greedy): success rate "
@@ -132,11 +139,9 @@ def run_training(trainer, script_args: TrainScriptArguments) -> dict:
         else ""
     )
     print(
-        f"\nvlm-env-ppo: {trainer.env_steps} env steps on {trainer.env_id or 'custom env'}. success rate "
-        f"{first['env/success_rate']:.2f} -> {last['env/success_rate']:.2f}, episode return "
-        f"{first['env/episode_return']:.2f} -> {last['env/episode_return']:.2f}, invalid outputs "
-        f"{first['env/invalid_action_rate']:.2f} -> {last['env/invalid_action_rate']:.2f}.{eval_text} Agent saved to "
-        f"{args.output_dir} (learning curve: {curve})"
+        f"\nvlm-env-ppo: {trainer.env_steps} env steps on {trainer.env_id or 'custom env'}. {episodes_text}, invalid "
+        f"outputs {first['env/invalid_action_rate']:.2f} -> {last['env/invalid_action_rate']:.2f}.{eval_text} Agent "
+        f"saved to {args.output_dir} (learning curve: {curve})"
     )
     return last
 
