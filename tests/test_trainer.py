@@ -195,7 +195,7 @@ def test_learns_a_visual_task_from_chance(tiny_vlm_path, tmp_path):
         num_ppo_epochs=2,
         num_mini_batches=2,
         per_device_train_batch_size=8,
-        learning_rate=1e-3,
+        learning_rate=5e-4,
         lr_scheduler_type="constant",
         cliprange=0.2,
         max_new_tokens=10,
