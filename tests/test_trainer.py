@@ -59,16 +59,35 @@ def test_update_logprobs_equal_rollout_logprobs(tiny_vlm_path, tmp_path):
     batch = trainer.collect_rollout()
     lengths = {p["input_ids"].shape[0] for p in batch.prompts}
     assert len(lengths) > 1, "the check needs prompts of different lengths"
+    assert_update_matches_rollout(trainer, batch)
+
+
+def assert_update_matches_rollout(trainer, batch):
+    """Re-score every sample in shuffled micro-batches: log-probs and values must equal the rollout's."""
     for grouping in (torch.arange(len(batch)).split(5), torch.randperm(len(batch)).split(3)):
         for micro in grouping:
             mb = batch.minibatch(micro, trainer.pad_token_id)
             with torch.no_grad():
                 logps, _, values = trainer.model(
-                    mb["prompt_inputs"], mb["completion_ids"], mb["completion_mask"], args.temperature
+                    mb["prompt_inputs"], mb["completion_ids"], mb["completion_mask"], trainer.args.temperature
                 )
             new = weighted_logprob(logps, token_weights(mb["completion_mask"], mb["action_token_starts"], 0.5))
             torch.testing.assert_close(new, mb["old_logprobs"], atol=1e-5, rtol=0)
             torch.testing.assert_close(values, mb["old_values"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["llava_next", "qwen2_5_vl"])
+def test_history_prompts_with_different_image_counts_rescore_exactly(tiny_vlm_path, tmp_path, family):
+    """With `history_length=2`, prompts hold 1 to 3 images; micro-batches mixing them (LLaVA's per-image rows,
+    Qwen's flattened patches) must give back each sample's own images."""
+    args = make_args(tmp_path, num_envs=2, num_steps=4, total_env_steps=8, history_length=2)
+    trainer = VLMPPOTrainer(tiny_vlm_path(family), args, env="MiniGrid-Empty-5x5-v0")
+    start_rollout(trainer)
+    batch = trainer.collect_rollout()
+    counts = {int(p["image_grid_thw"].shape[0] if "image_grid_thw" in p else p["pixel_values"].shape[0])
+              for p in batch.prompts}
+    assert counts == {1, 2, 3}
+    assert_update_matches_rollout(trainer, batch)
 
 
 # ----------------------------------------------------------------------------------------------- end to end
