@@ -11,7 +11,7 @@ from transformers import AutoProcessor
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 from vlm_env_ppo import VLMPPOConfig, VLMPPOTrainer
-from vlm_env_ppo.agent import build_model_inputs
+from vlm_env_ppo.agent import VLMAgent, build_model_inputs
 from vlm_env_ppo.envs.solvers import blackjack_basic_strategy, number_line_oracle, points_expert_action
 from vlm_env_ppo.sft import (
     blackjack_expert,
@@ -200,6 +200,8 @@ def test_sft_raises_valid_and_success_rates_then_ppo_starts_from_it(tiny_vlm_pat
     saved = json.loads((tmp_path / "sft" / "vlm_env_ppo_sft.json").read_text())
     assert saved["env_id"] == env_id and saved["stage"] == "sft" and saved["lora"]
     assert not (tmp_path / "sft" / "adapter_config.json").exists(), "the adapter should be merged"
+    agent = VLMAgent.from_pretrained(out)  # the SFT folder loads as an agent: env, prompt variant from its json
+    assert agent.config["env_id"] == env_id and agent.value_head is None
 
     after = evaluate_policy(out, env_id, num_episodes=32, seed=10_000, max_new_tokens=24)
     print(

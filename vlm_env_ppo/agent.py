@@ -337,11 +337,18 @@ class VLMAgent:
 
 
 def read_agent_config(path: str) -> dict:
-    file = os.path.join(path, AGENT_CONFIG)
-    if not os.path.isfile(file):
-        raise FileNotFoundError(f"{path} is not a saved vlm-env-ppo agent: it has no {AGENT_CONFIG}.")
-    with open(file) as f:
-        return json.load(f)
+    """A saved agent's ``vlm_env_ppo.json``, or an SFT model's ``vlm_env_ppo_sft.json`` (`vlm_env_ppo.sft.run_sft`:
+    env id, prompt variant and action names of a plain, merged model folder)."""
+    from .sft import SFT_CONFIG
+
+    for name in (AGENT_CONFIG, SFT_CONFIG):
+        file = os.path.join(path, name)
+        if os.path.isfile(file):
+            with open(file) as f:
+                return json.load(f)
+    raise FileNotFoundError(
+        f"{path} is not a saved vlm-env-ppo agent (no {AGENT_CONFIG}) nor an SFT model (no {SFT_CONFIG})."
+    )
 
 
 def load_agent_policy(path: str, config: dict, is_trainable: bool, **model_kwargs):

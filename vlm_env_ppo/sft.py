@@ -495,8 +495,8 @@ def evaluate_policy(
     """Valid-action and success rates of ``model`` (a path or a loaded VLM) on fresh episodes of ``env_id``.
 
     Plays episode ``k`` on seed ``seed + k`` with the evaluation harness (`vlm_env_ppo.agent.evaluate_episodes`
-    through `VLMAgent`: the trainer's prompts, `build_model_inputs` and generation; an invalid output plays action
-    0). The default ``seed`` is `VLMPPOConfig.eval_seed`'s, so SFT and PPO evaluations play the same episodes.
+    through `VLMAgent`: the trainer's prompts, `build_model_inputs` and generation; an invalid output plays a random
+    legal action, as in training). The default ``seed`` is `VLMPPOConfig.eval_seed`'s, so SFT and PPO evaluations play the same episodes.
     ``max_new_tokens`` must fit the longest answer (the paper's 256 does). A path is loaded (safetensors only) in its
     saved dtype onto ``device`` (default: CUDA when available). Returns ``{"valid_action_rate", "success_rate",
     "episode_return", "episode_length", "episodes"}``.
