@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from vlm_env_ppo.actions import MAX_SCAN_CHARS, ParsedAction, parse_action
 from vlm_env_ppo.tasks import TASKS
 
-
 NUMBERLINE = ("-", "+")
 BLACKJACK = ("stand", "hit")
 POINTS24 = tuple(str(i) for i in range(1, 11)) + ("+", "-", "*", "/", "(", ")", "=")

@@ -21,7 +21,6 @@ from vlm_env_ppo.models.tiny import build_tiny_vlm
 from vlm_env_ppo.rollout import episode_success
 from vlm_env_ppo.tasks import FROZEN_LAKE, MINIGRID_ACTIONS, Task, get_task
 
-
 MINIGRID = "MiniGrid-Empty-5x5-v0"
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_trainer import make_args, start_rollout
 from transformers import AutoProcessor, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 import vlm_env_ppo
@@ -23,8 +24,6 @@ from vlm_env_ppo.models.loading import get_tokenizer
 from vlm_env_ppo.rollout import EnvFaultError, FaultTolerantEnv, make_vector_env, unbatch_infos
 from vlm_env_ppo.tasks import COLOR_CHOICE, get_task
 from vlm_env_ppo.trainer import NumericFaultError
-
-from test_trainer import make_args, start_rollout
 
 NUMBER_LINE = "gym_cards/NumberLine-v0"
 DOCS = Path(__file__).parent.parent / "docs" / "errors.md"

@@ -13,12 +13,10 @@ import numpy as np
 import pytest
 import torch
 from peft import LoraConfig
+from test_trainer import make_args
 
 from vlm_env_ppo import VLMPPOTrainer
 from vlm_env_ppo.agent import VLMAgent
-from vlm_env_ppo.rollout import unbatch_infos
-
-from test_trainer import make_args
 
 
 def observations(env_id, n, seed):

@@ -10,7 +10,6 @@ from PIL import Image
 from vlm_env_ppo.actions import ParsedAction
 from vlm_env_ppo.tasks import TASKS, Task, get_task, register_task, to_pil_image
 
-
 ENV_IDS = ["gym_cards/NumberLine-v0", "gym_cards/EZPoints-v0", "gym_cards/Points24-v0", "gym_cards/Blackjack-v0"]
 INFOS = {
     "gym_cards/NumberLine-v0": {"Target": 3, "Current": 1},

@@ -629,7 +629,6 @@ def sft_main(argv: list[str]) -> dict:
     from trl import get_peft_config
 
     from .cli import model_init_kwargs
-
     from .models.tiny import build_tiny_vlm
 
     argv = list(argv)

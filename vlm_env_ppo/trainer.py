@@ -32,7 +32,6 @@ from transformers import AutoProcessor, PreTrainedModel, TrainerCallback, Traine
 from transformers.trainer_utils import (
     PREFIX_CHECKPOINT_DIR,
     get_last_checkpoint,
-    load_sharded_checkpoint,
     rotate_checkpoints,
 )
 from trl.trainer.utils import generate_model_card
@@ -57,13 +56,13 @@ from .envs.adapter import HistoryWrapper, is_image_space
 from .logprobs import action_token_index, token_weights, weighted_logprob
 from .losses import explained_variance, policy_loss, value_loss
 from .models.loading import (
+    auto_model_from_pretrained,
     disable_bnb_cpu_repacking,
     freeze_vision_tower,
     generation_suppress_token_ids,
     get_tokenizer,
     load_policy,
     load_processor,
-    auto_model_from_pretrained,
     load_reference_model,
     vision_modules,
 )
