@@ -184,6 +184,8 @@ def main():
     else:
         trainer.train()
 
+    if not cli.fsdp2:  # DDP: each process plays its share of the evaluation episodes, then the shares are merged
+        record["eval"] = trainer.evaluate(num_episodes=5, seed=7)
     record["params_after"] = checksum(trainer.model)
     record["global_step"] = trainer.state.global_step
     record["env_steps"] = trainer.env_steps

@@ -98,6 +98,15 @@ def test_runs_as_two_processes_and_finishes_with_uneven_episodes(ranks):
     assert ranks[0]["value_forwards"] == ranks[1]["value_forwards"] > 0
 
 
+def test_evaluation_is_shared_between_processes_and_merged(ranks):
+    """Under DDP the 5 evaluation episodes are split (rank 0: episodes 0, 2, 4 on its 1-step env; rank 1: 1, 3 on
+    its 3-step env) and merged: both ranks report the same 5 episodes, mean length (3 * 1 + 2 * 3) / 5. Had each
+    rank played all 5, rank 0 would report 1.0 and rank 1 3.0."""
+    assert ranks[0]["eval"] == ranks[1]["eval"]
+    assert ranks[0]["eval"]["eval/episodes"] == 5
+    assert ranks[0]["eval"]["eval/episode_length"] == 1.8
+
+
 def test_ranks_use_different_env_seeds(ranks):
     assert ranks[0]["env_seed"] != ranks[1]["env_seed"]
     assert ranks[0]["first_frame_sha1"] != ranks[1]["first_frame_sha1"]

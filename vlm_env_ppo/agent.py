@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gymnasium as gym
 import numpy as np
@@ -113,6 +113,17 @@ def generate_completions(
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
+@dataclass(frozen=True)
+class EpisodeRecord:
+    """One evaluated episode: its index ``k`` (reset with ``seed + k``), return, length, success, invalid outputs."""
+
+    index: int
+    episode_return: float
+    length: int
+    success: bool
+    invalid_steps: int
+
+
 @dataclass
 class EvalResult:
     success_rate: float
@@ -121,6 +132,24 @@ class EvalResult:
     invalid_action_rate: float
     num_episodes: int
     returns: list[float]
+    episodes: list[EpisodeRecord] = field(default_factory=list)
+
+    @classmethod
+    def from_episodes(cls, episodes: Sequence[EpisodeRecord]) -> EvalResult:
+        """Aggregate per-episode records (in episode order); the invalid-action rate is over all steps."""
+        episodes = sorted(episodes, key=lambda e: e.index)
+        nan = float("nan")
+        mean = lambda xs: float(np.mean(xs)) if len(xs) else nan  # noqa: E731
+        steps = sum(e.length for e in episodes)
+        return cls(
+            success_rate=mean([e.success for e in episodes]),
+            mean_return=mean([e.episode_return for e in episodes]),
+            mean_episode_length=mean([e.length for e in episodes]),
+            invalid_action_rate=sum(e.invalid_steps for e in episodes) / max(steps, 1),
+            num_episodes=len(episodes),
+            returns=[e.episode_return for e in episodes],
+            episodes=episodes,
+        )
 
     def metrics(self, prefix: str = "eval") -> dict[str, float]:
         return {
@@ -148,6 +177,7 @@ def evaluate_episodes(
     batch_size: int = 8,
     max_episode_steps: int = 1000,
     task: Task | None = None,
+    episode_indices: Sequence[int] | None = None,
 ) -> EvalResult:
     """Play ``num_episodes`` episodes, episode ``k`` reset with ``seed + k``, up to ``batch_size`` at a time.
 
@@ -155,24 +185,24 @@ def evaluate_episodes(
     the env's action (without a task: the index plus the `Discrete` space's ``start``). An invalid output is counted
     and plays a random legal action, as in training (`invalid_action="random"`, the paper) — not a fixed action,
     which would score every invalid output as a success wherever that action happens to be right. Torch is seeded
-    with ``seed`` and episode ``k``'s fallback RNG with ``(seed, k)``, so evaluations repeat exactly whatever the
-    ``batch_size``.
+    with ``seed`` and episode ``k``'s fallback RNG with ``(seed, k)``, so evaluations repeat exactly (greedy ones
+    whatever the ``batch_size``). ``episode_indices`` plays only those episodes (a process's share of a distributed
+    evaluation; merge the shares' ``episodes`` with `EvalResult.from_episodes`).
     """
     set_seed(seed)
-    envs = [make_env() for _ in range(min(batch_size, num_episodes))]
-    state: list[dict | None] = [None] * len(envs)  # per env: episode index, obs, info, return, length
-    next_episode, finished = 0, []
-    steps = invalid = 0
+    pending = list(range(num_episodes) if episode_indices is None else episode_indices)[::-1]
+    envs = [make_env() for _ in range(min(batch_size, len(pending)))]
+    state: list[dict | None] = [None] * len(envs)  # per env: episode index, obs, info, return, length, invalid
+    records: list[EpisodeRecord] = []
 
     def start(i: int) -> None:
-        nonlocal next_episode
-        if next_episode >= num_episodes:
+        if not pending:
             state[i] = None
             return
-        obs, info = envs[i].reset(seed=seed + next_episode)
-        rng = np.random.default_rng((seed, next_episode))
-        state[i] = {"obs": obs, "info": info, "ret": 0.0, "len": 0, "rng": rng}
-        next_episode += 1
+        k = pending.pop()
+        obs, info = envs[i].reset(seed=seed + k)
+        rng = np.random.default_rng((seed, k))
+        state[i] = {"k": k, "obs": obs, "info": info, "ret": 0.0, "len": 0, "invalid": 0, "rng": rng}
 
     for i in range(len(envs)):
         start(i)
@@ -182,8 +212,7 @@ def evaluate_episodes(
         for i, p in zip(active, parsed):
             s, env = state[i], envs[i]
             index = p.action if p.valid else random_legal_action(task, s["info"], env.action_space, s["rng"])
-            invalid += not p.valid
-            steps += 1
+            s["invalid"] += not p.valid
             if task is not None:
                 action = task.to_env_action(index, s["info"], env.action_space)
             else:
@@ -193,19 +222,12 @@ def evaluate_episodes(
             s["len"] += 1
             s["obs"], s["info"] = obs, info
             if terminated or truncated or s["len"] >= max_episode_steps:
-                finished.append((s["ret"], s["len"], episode_success(info, float(reward), bool(terminated))))
+                success = episode_success(info, float(reward), bool(terminated))
+                records.append(EpisodeRecord(s["k"], s["ret"], s["len"], success, s["invalid"]))
                 start(i)
     for env in envs:
         env.close()
-    returns = [f[0] for f in finished]
-    return EvalResult(
-        success_rate=float(np.mean([f[2] for f in finished])),
-        mean_return=float(np.mean(returns)),
-        mean_episode_length=float(np.mean([f[1] for f in finished])),
-        invalid_action_rate=invalid / max(steps, 1),
-        num_episodes=len(finished),
-        returns=returns,
-    )
+    return EvalResult.from_episodes(records)
 
 
 # ---------------------------------------------------------------------------------------------------- the agent

@@ -42,6 +42,7 @@ from .actions import ParsedAction
 from .advantages import compute_gae, kl_penalty
 from .agent import (
     AGENT_CONFIG,
+    EvalResult,
     build_model_inputs,
     eos_token_ids,
     evaluate_episodes,
@@ -888,7 +889,12 @@ class VLMPPOTrainer(BaseTrainer):
         """Play ``num_episodes`` (default ``args.eval_episodes``) fresh episodes on seeds ``seed, seed + 1, ...``
         (default ``args.eval_seed``) with the current policy, greedy unless ``args.eval_greedy`` is False; logs and
         returns ``eval/success_rate``, ``eval/episode_return``, ``eval/episode_length``, ``eval/invalid_action_rate``.
-        The training envs and their RNG are left untouched."""
+        The training envs and their RNG are left untouched.
+
+        With several processes and replicated weights (DDP), each process plays its share of the episodes
+        (``k ≡ rank mod world size``) and the results are merged, so every process returns the same metrics for the
+        same episodes as one process would (greedy). Under ZeRO-3 / FSDP every generation is a collective, so every
+        process plays all the episodes."""
         args = self.args
         num_episodes = num_episodes or args.eval_episodes
         seed = args.eval_seed if seed is None else seed
@@ -897,6 +903,9 @@ class VLMPPOTrainer(BaseTrainer):
         if make_env is None:
             raise ValueError("evaluate() needs an env factory: pass the env as an id or a factory, not a VectorEnv.")
         torch_state = torch.random.get_rng_state()
+        share = None
+        if self._shard_evaluation():
+            share = range(self.accelerator.process_index, num_episodes, self.accelerator.num_processes)
         result = evaluate_episodes(
             lambda obs, infos: self.act(obs, infos, greedy=greedy, score=False).parsed,
             make_env,
@@ -904,12 +913,24 @@ class VLMPPOTrainer(BaseTrainer):
             seed,
             batch_size=args.num_envs,
             task=self.task,
+            episode_indices=share,
         )
+        if share is not None:
+            result = EvalResult.from_episodes([e for part in gather_object([result.episodes]) for e in part])
         torch.random.set_rng_state(torch_state)
         metrics = result.metrics(metric_key_prefix)
         self.last_eval = metrics
         self.log(metrics)
         return metrics
+
+    def _shard_evaluation(self) -> bool:
+        """Whether processes can play different episodes: only when each holds whole weights (DDP), since sharded
+        weights (ZeRO-3, FSDP) make every generation a collective that all processes must join."""
+        if self.accelerator.num_processes == 1 or getattr(self, "is_fsdp_enabled", False):
+            return False
+        return self.accelerator.distributed_type not in (
+            DistributedType.DEEPSPEED, DistributedType.FSDP, DistributedType.XLA, DistributedType.MEGATRON_LM
+        )
 
     def _rollout_metrics(self, batch: RolloutBatch) -> dict[str, float]:
         finished = gather_object(self.episode_stats.pop())
