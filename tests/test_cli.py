@@ -55,3 +55,15 @@ def test_yaml_config_and_flags_combine(tmp_path):
     assert parse_train_args([], default_config=other)[1].num_envs == 6
     with pytest.raises(ValueError, match="num_env"):
         parse_train_args([], default_config=other, defaults={"num_env": 2})
+
+
+def test_readme_config_reference_is_current():
+    """The README's config table is generated from `VLMPPOConfig`: a field added or changed without regenerating it
+    (`python scripts/config_reference.py`) fails here."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "scripts" / "config_reference.py"
+    proc = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]

@@ -125,9 +125,9 @@ class VLMPPOConfig(TrainingArguments):
         trust_remote_code (`bool`, *optional*, defaults to `False`):
             Allow model/processor code from the Hub. Off unless you turn it on.
         allow_text_only_model (`bool`, *optional*, defaults to `False`):
-            Accept a model without a vision tower on an env whose observations are images. Off by default because a
-            text-only model would silently ignore the frames; turn it on when your `build_messages` renders the
-            observation as text.
+            Accept a text-only model (no vision tower; loaded as `AutoModelForCausalLM` with its tokenizer): for text
+            envs (TextWorld, ALFWorld's text engine), or image envs whose frames your `build_messages` renders as text.
+            Off by default because a text-only model would silently ignore the frames.
 
         > Parameters that control fault tolerance (see docs/errors.md)
 
@@ -232,7 +232,8 @@ class VLMPPOConfig(TrainingArguments):
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
     allow_text_only_model: bool = field(
-        default=False, metadata={"help": "Accept a model without a vision tower on an image env."}
+        default=False,
+        metadata={"help": "Accept a text-only model (no vision tower): text envs, or frames your hooks render as text."},
     )
 
     # Fault tolerance
