@@ -83,9 +83,7 @@ def build_llava_next(tokenizer):
 def build_qwen2_5_vl(tokenizer):
     """Qwen2.5-VL-7B config (random weights) and its processor (no video: a stub video processor)."""
     from memory_estimate import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS, build_config
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessorPil
-
-    from vlm_env_ppo.models.tiny import _stub_video_processor
+    from vlm_env_ppo.models.tiny import qwen2_5_vl_processor
 
     config = build_config("qwen2.5-vl-7b")
     ids = {
@@ -98,20 +96,7 @@ def build_qwen2_5_vl(tokenizer):
         setattr(config, key, tokenizer.convert_tokens_to_ids(token))
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         setattr(config.text_config, key, getattr(tokenizer, key))
-    v = config.vision_config
-    image_processor = Qwen2VLImageProcessorPil(
-        size={"shortest_edge": QWEN_MIN_PIXELS, "longest_edge": QWEN_MAX_PIXELS},
-        patch_size=v.patch_size,
-        temporal_patch_size=v.temporal_patch_size,
-        merge_size=v.spatial_merge_size,
-    )
-    processor = Qwen2_5_VLProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        video_processor=_stub_video_processor(),
-        chat_template=tokenizer.chat_template,
-    )
-    return config, processor
+    return config, qwen2_5_vl_processor(tokenizer, config.vision_config, QWEN_MIN_PIXELS, QWEN_MAX_PIXELS)
 
 
 def build_model(cli, device: torch.device):

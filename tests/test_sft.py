@@ -10,7 +10,9 @@ from datasets import load_from_disk
 from transformers import AutoProcessor
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-from vlm_env_ppo import VLMPPOConfig, VLMPPOTrainer
+from test_trainer import make_args
+
+from vlm_env_ppo import VLMPPOTrainer
 from vlm_env_ppo.agent import VLMAgent, build_model_inputs
 from vlm_env_ppo.envs.solvers import blackjack_basic_strategy, number_line_oracle, points_expert_action
 from vlm_env_ppo.sft import (
@@ -211,22 +213,10 @@ def test_sft_raises_valid_and_success_rates_then_ppo_starts_from_it(tiny_vlm_pat
     assert after["valid_action_rate"] >= 0.9
     assert after["success_rate"] >= 0.9 and after["success_rate"] >= before["success_rate"] + 0.25
 
-    ppo_args = VLMPPOConfig(
-        output_dir=str(tmp_path / "ppo"),
-        num_envs=2,
-        num_steps=2,
-        total_env_steps=4,
-        num_ppo_epochs=1,
-        num_mini_batches=1,
-        per_device_train_batch_size=4,
-        max_new_tokens=24,
-        learning_rate=1e-4,
-        activation_checkpointing=False,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=0,
-    )
+    ppo_args = make_args(  # test_trainer's tiny PPO settings
+        tmp_path, output_dir=str(tmp_path / "ppo"), total_env_steps=4, num_mini_batches=1,
+        per_device_train_batch_size=4, max_new_tokens=24, learning_rate=1e-4, temperature=0.2,
+    )  # fmt: skip
     trainer = VLMPPOTrainer(out, ppo_args, env=env_id, peft_config=default_lora_config(r=4, lora_alpha=8))
     assert trainer.base_model_name == out, "PPO's base (and KL reference) must be the SFT model, not the raw base"
     before_params = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}

@@ -18,7 +18,7 @@ import torch
 from transformers import AutoProcessor, PreTrainedTokenizerBase, set_seed
 
 from .actions import ParsedAction
-from .envs.adapter import HistoryWrapper, adapt_env, make_env
+from .envs.adapter import HistoryWrapper, adapted_factory
 from .models.loading import auto_model_from_pretrained, generation_suppress_token_ids, get_tokenizer
 from .models.value_head import VALUE_HEAD_WEIGHTS, ValueHead, policy_forward
 from .rollout import episode_success
@@ -350,7 +350,7 @@ class VLMAgent:
             env_kwargs = {**(self.config.get("env_kwargs") or {}), **env_kwargs}
             if env is None:
                 raise ValueError("This agent was trained on an env given as a factory: pass `env=`.")
-        make = (lambda: make_env(env, **env_kwargs)) if isinstance(env, str) else (lambda: adapt_env(env()))
+        make = adapted_factory(env, **env_kwargs)
         length = int(self.config.get("history_length") or 0)
         if not length:
             return make

@@ -104,7 +104,7 @@ def make_vector_env(
     passed through ``wrap`` (e.g. a `HistoryWrapper`). With ``max_consecutive_errors`` (not None), each is then a
     `FaultTolerantEnv`. A `VectorEnv` passed in is used as is: it cannot be rebuilt one env at a time.
     """
-    from .envs.adapter import adapt_env, make_env
+    from .envs.adapter import adapted_factory
 
     if isinstance(env, VectorEnv):
         mode = env.metadata.get("autoreset_mode")
@@ -122,12 +122,11 @@ def make_vector_env(
             "instance: each of the `num_envs` parallel envs needs its own copy."
         )
     if isinstance(env, str):
-        env_id, kwargs = env, dict(env_kwargs or {})
-        make = lambda: make_env(env_id, **kwargs)
+        make = adapted_factory(env, **(env_kwargs or {}))
     elif callable(env):
         if env_kwargs:
             raise ValueError("`env_kwargs` only applies to env ids; bake the arguments into your factory.")
-        make = lambda: adapt_env(env())
+        make = adapted_factory(env)
     else:
         raise TypeError(f"`env` must be an env id, a factory or a VectorEnv, got {type(env).__name__}.")
     factory = make if wrap is None else (lambda: wrap(make()))

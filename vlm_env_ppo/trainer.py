@@ -49,6 +49,7 @@ from .agent import (
     generate_completions,
     load_agent_policy,
     load_value_head,
+    random_legal_action,
     read_agent_config,
 )
 from .buffer import RolloutBatch, split_inputs
@@ -533,12 +534,6 @@ class VLMPPOTrainer(BaseTrainer):
             return int(self.action_space.n)
         return len(self.task.action_names or self.task.legal_actions(info))
 
-    def _random_action(self, info: dict) -> int:
-        """A random legal action index: the fallback for invalid outputs (and the warm start's answers)."""
-        if self.task is None:
-            return int(self._np_rng.integers(self.action_space.n))
-        return self.task.sample_action(info, self._np_rng)
-
     def to_env_actions(self, indices, infos: list[dict]):
         """Parsed-action indices → what ``envs.step`` takes: an int array (``Discrete``, offset by its ``start``) or a
         tuple of command strings (``Text``)."""
@@ -553,7 +548,7 @@ class VLMPPOTrainer(BaseTrainer):
             if p.valid:
                 indices.append(p.action)
             elif self.args.invalid_action == "random":
-                indices.append(self._random_action(info))
+                indices.append(random_legal_action(self.task, info, self.action_space, self._np_rng))
             else:
                 indices.append(self.args.invalid_action_index)
         return self.to_env_actions(indices, infos), valid

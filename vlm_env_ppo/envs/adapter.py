@@ -204,6 +204,14 @@ def adapt_env(env: gym.Env) -> gym.Env:
     return env if is_image_space(env.observation_space) else VLMEnvAdapter(env)
 
 
+def adapted_factory(env: str | Callable[[], gym.Env], **kwargs) -> Callable[[], gym.Env]:
+    """A zero-argument factory of adapted envs: `make_env` for an env id (with ``kwargs``), `adapt_env` around a
+    user factory's envs."""
+    if isinstance(env, str):
+        return lambda: make_env(env, **kwargs)
+    return lambda: adapt_env(env())
+
+
 def make_env(env_id: str, **kwargs) -> gym.Env:
     """``gym.make(env_id, **kwargs)``, adapted for a VLM agent (`adapt_env`).
 

@@ -51,7 +51,14 @@ from typing import ClassVar
 import gymnasium as gym
 import numpy as np
 
-from .textworld_env import MAX_COMMAND_LENGTH, MAX_OBSERVATION_LENGTH, clean_text, normalize_command, text_space
+from .textworld_env import (
+    MAX_COMMAND_LENGTH,
+    MAX_OBSERVATION_LENGTH,
+    choose_game_file,
+    clean_text,
+    normalize_command,
+    text_space,
+)
 
 # ALFWorld's task-type ids (``alfworld/agents/environment/alfred_tw_env.py``).
 TASK_TYPES = {
@@ -562,15 +569,7 @@ class ALFWorldEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         index = int(self.np_random.integers(len(self.game_files)))
-        options = options or {}
-        if options.get("game_file") is not None:
-            game_file = os.path.abspath(os.fspath(options["game_file"]))
-            if game_file not in self.game_files:
-                raise ValueError(f"`options['game_file']` {game_file!r} is not one of this env's `game_files`.")
-        elif options.get("game_index") is not None:
-            game_file = self.game_files[int(options["game_index"])]
-        else:
-            game_file = self.game_files[index]
+        game_file = choose_game_file(self.game_files, options, index)
         self._load(game_file)
         self._task = load_task(game_file)
         if self.render_mode == "rgb_array":

@@ -197,6 +197,20 @@ def find_textworld_games(games_dir: str | os.PathLike) -> list[str]:
     return [os.path.abspath(path) for path in paths if os.path.isfile(os.path.splitext(path)[0] + ".json")]
 
 
+def choose_game_file(game_files: Sequence[str], options: dict | None, index: int) -> str:
+    """The game a text env's ``reset`` plays: ``options["game_file"]`` (one of ``game_files``), else
+    ``options["game_index"]``, else ``game_files[index]`` (drawn by the caller from its ``np_random``)."""
+    options = options or {}
+    if options.get("game_file") is not None:
+        game_file = os.path.abspath(os.fspath(options["game_file"]))
+        if game_file not in game_files:
+            raise ValueError(f"`options['game_file']` {game_file!r} is not one of this env's `game_files`.")
+        return game_file
+    if options.get("game_index") is not None:
+        return game_files[int(options["game_index"])]
+    return game_files[index]
+
+
 class TextWorldEnv(gym.Env):
     """
     ## Description
@@ -317,15 +331,7 @@ class TextWorldEnv(gym.Env):
         super().reset(seed=seed)
         index = int(self.np_random.integers(len(self.game_files)))
         interpreter_seed = int(self.np_random.integers(0, 2**31 - 1))
-        options = options or {}
-        if options.get("game_file") is not None:
-            game_file = os.path.abspath(os.fspath(options["game_file"]))
-            if game_file not in self.game_files:
-                raise ValueError(f"`options['game_file']` {game_file!r} is not one of this env's `game_files`.")
-        elif options.get("game_index") is not None:
-            game_file = self.game_files[int(options["game_index"])]
-        else:
-            game_file = self.game_files[index]
+        game_file = choose_game_file(self.game_files, options, index)
         with _quiet_interpreter():
             self._load(game_file)
             self._game.seed(interpreter_seed)

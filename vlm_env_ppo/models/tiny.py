@@ -313,11 +313,7 @@ def _build_qwen2_5_vl(tokenizer, overrides: dict):
 
     Its processor owns a video processor, which needs torchvision: see `allow_video_processors_without_torchvision`.
     """
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessorPil,
-    )
+    from transformers import Qwen2_5_VLConfig
 
     max_side = overrides.pop("max_image_side", 168)
     head_dim = _WIDTH // 4
@@ -350,19 +346,26 @@ def _build_qwen2_5_vl(tokenizer, overrides: dict):
         tie_word_embeddings=False,
         **overrides,
     )
+    return config, qwen2_5_vl_processor(tokenizer, config.vision_config, 56 * 56, max_side * max_side)
+
+
+def qwen2_5_vl_processor(tokenizer, vision_config, min_pixels: int, max_pixels: int):
+    """A Qwen2.5-VL processor around the PIL image processor (no torchvision) for a vision config's patching, with
+    a stub video processor (see `allow_video_processors_without_torchvision`)."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessorPil
+
     image_processor = Qwen2VLImageProcessorPil(
-        size={"shortest_edge": 56 * 56, "longest_edge": max_side * max_side},
-        patch_size=14,
-        temporal_patch_size=2,
-        merge_size=2,
+        size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
+        patch_size=vision_config.patch_size,
+        temporal_patch_size=vision_config.temporal_patch_size,
+        merge_size=vision_config.spatial_merge_size,
     )
-    processor = Qwen2_5_VLProcessor(
+    return Qwen2_5_VLProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=_stub_video_processor(),
         chat_template=tokenizer.chat_template,
     )
-    return config, processor
 
 
 def _build_idefics3(tokenizer, overrides: dict):
