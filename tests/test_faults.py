@@ -7,6 +7,7 @@ stops with the documented error and a loadable checkpoint. docs/errors.md lists 
 import ast
 import json
 import re
+import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -20,7 +21,7 @@ from transformers import AutoProcessor, AutoTokenizer, LlamaConfig, LlamaForCaus
 import vlm_env_ppo
 from vlm_env_ppo import VLMPPOConfig, VLMPPOTrainer
 from vlm_env_ppo.agent import VLMAgent, generate_completions
-from vlm_env_ppo.models.loading import get_tokenizer
+from vlm_env_ppo.models.loading import get_tokenizer, load_reference_model
 from vlm_env_ppo.rollout import EnvFaultError, FaultTolerantEnv, make_vector_env, unbatch_infos
 from vlm_env_ppo.tasks import COLOR_CHOICE, get_task
 from vlm_env_ppo.trainer import NumericFaultError
@@ -383,15 +384,16 @@ def test_decoding_strips_image_and_special_tokens_and_survives_bad_bytes(tiny_vl
 # ----------------------------------------------------------------------------------------------- config errors
 # (overrides, message): every config error of docs/errors.md, with a fragment of its message.
 CONFIG_ERRORS = [
-    ("num_envs", {"num_envs": 0}, "`num_envs` must be > 0"),
-    ("num_steps", {"num_steps": -1}, "`num_steps` must be > 0"),
-    ("total_env_steps", {"total_env_steps": 0}, "`total_env_steps` must be > 0"),
-    ("num_ppo_epochs", {"num_ppo_epochs": 0}, "`num_ppo_epochs` must be > 0"),
-    ("max_new_tokens", {"max_new_tokens": 0}, "`max_new_tokens` must be > 0"),
+    ("num_envs", {"num_envs": 0}, "`num_envs` must be an int > 0"),
+    ("num_steps", {"num_steps": -1}, "`num_steps` must be an int > 0"),
+    ("num_steps", {"num_steps": True}, "`num_steps` must be an int > 0, got True"),
+    ("total_env_steps", {"total_env_steps": 0}, "`total_env_steps` must be an int > 0"),
+    ("num_ppo_epochs", {"num_ppo_epochs": 0}, "`num_ppo_epochs` must be an int > 0"),
+    ("max_new_tokens", {"max_new_tokens": 1.5}, "`max_new_tokens` must be an int > 0"),
     ("temperature", {"temperature": 0.0}, "`temperature` must be > 0"),
     ("temperature", {"temperature": float("nan")}, "`temperature` must be a finite number"),
-    ("eval_episodes", {"eval_episodes": 0}, "`eval_episodes` must be > 0"),
-    ("per_device_train_batch_size", {"per_device_train_batch_size": 0}, "`per_device_train_batch_size` must be > 0"),
+    ("eval_episodes", {"eval_episodes": 0}, "`eval_episodes` must be an int > 0"),
+    ("per_device_train_batch_size", {"per_device_train_batch_size": 0}, "`per_device_train_batch_size` must be an int"),
     ("vf_coef", {"vf_coef": -0.5}, "`vf_coef` must be >= 0"),
     ("vf_coef", {"vf_coef": float("inf")}, "`vf_coef` must be a finite number"),
     ("kl_coef", {"kl_coef": -0.1}, "`kl_coef` must be >= 0"),
@@ -404,6 +406,8 @@ CONFIG_ERRORS = [
     ("invalid_action_index", {"invalid_action_index": -1}, "`invalid_action_index` must be an int >= 0"),
     ("max_consecutive_env_errors", {"max_consecutive_env_errors": -1}, "`max_consecutive_env_errors` must be an int"),
     ("max_skipped_minibatches", {"max_skipped_minibatches": 1.5}, "`max_skipped_minibatches` must be an int >= 0"),
+    ("history_length", {"history_length": -2}, "`history_length` must be an int >= 0"),
+    ("eval_seed", {"eval_seed": -1}, "`eval_seed` must be an int >= 0"),
     ("env_kwargs", {"env_kwargs": "{not json"}, "`env_kwargs` must be a dict or a JSON object string"),
     ("model_init_kwargs", {"model_init_kwargs": "[1, 2]"}, "`model_init_kwargs` must be a dict or a JSON object"),
     ("cliprange_value", {"cliprange_value": 0.0}, "`cliprange_value` must be > 0, or None"),
@@ -415,6 +419,8 @@ CONFIG_ERRORS = [
     ("kl_estimator", {"kl_estimator": "k2"}, "`kl_estimator` must be one of"),
     ("ref_model_quantization", {"ref_model_quantization": "2bit"}, "`ref_model_quantization` must be one of"),
     ("value_head_hidden_sizes", {"value_head_hidden_sizes": [64, 0]}, "`value_head_hidden_sizes` must be positive"),
+    ("value_head_hidden_sizes", {"value_head_hidden_sizes": ["a"]}, "`value_head_hidden_sizes` must be positive"),
+    ("model_init_kwargs", {"env_kwargs": {"a": 1}, "model_init_kwargs": 3}, "`model_init_kwargs` must be a dict or a JSON"),
     ("num_mini_batches", {"num_mini_batches": 2, "mini_batch_size": 2}, "Set either `num_mini_batches` or"),
     ("num_mini_batches", {"num_envs": 3, "num_steps": 3, "num_mini_batches": 2}, r"`num_mini_batches` \(2\) must be"),
     ("mini_batch_size", {"num_mini_batches": None, "mini_batch_size": 3}, r"mini_batch_size \(3\) must divide"),
@@ -432,9 +438,45 @@ def test_config_errors_are_raised_with_their_documented_message(tmp_path, option
         make_args(tmp_path, **overrides)
 
 
-def test_every_config_error_is_in_the_docs_table():
-    documented = set(re.findall(r"^\| `(\w+)`", DOCS.read_text(), flags=re.MULTILINE))
-    assert {option for option, _, _ in CONFIG_ERRORS} <= documented
+def documented_config_errors() -> dict[str, list[str]]:
+    """docs/errors.md §1 as {option: [message pattern]}: each `{placeholder}` of a message matches any text."""
+    section = DOCS.read_text().split("## 1.")[1].split("## 2.")[0]
+    table: dict[str, list[str]] = {}
+    for option, message in re.findall(r"^\| `(\w+)` \|[^|]*\| (.*) \|$", section, flags=re.MULTILINE):
+        span = re.match(r"``\s(.*?)\s``", message) or re.match(r"`(.*)`$", message)
+        table.setdefault(option, []).append(re.sub(r"\\\{\w+\\\}", ".*", re.escape(span.group(1))))
+    return table
+
+
+def test_every_config_error_is_in_the_docs_table(tmp_path):
+    """Each error's actual message is one of its option's rows in docs/errors.md, and the cases above reach every
+    `raise ValueError` in config.py, so a new check without a row (or a reworded message) fails here."""
+    table = documented_config_errors()
+    config_file = str(Path(vlm_env_ppo.config.__file__))
+    reached: set[int] = set()
+
+    def tracer(frame, event, arg):
+        if frame.f_code.co_filename != config_file:
+            return None
+        if event == "line":
+            reached.add(frame.f_lineno)
+        return tracer
+
+    for option, overrides, _ in CONFIG_ERRORS:
+        sys.settrace(tracer)
+        try:
+            with pytest.raises(ValueError) as err:
+                make_args(tmp_path, **overrides)
+        finally:
+            sys.settrace(None)
+        patterns = table.get(option, [])
+        assert any(re.fullmatch(p, str(err.value), flags=re.DOTALL) for p in patterns), (option, str(err.value))
+    raises = {
+        node.lineno
+        for node in ast.walk(ast.parse(Path(config_file).read_text()))
+        if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and getattr(node.exc.func, "id", "") == "ValueError"
+    }
+    assert raises and raises <= reached, f"config.py lines {sorted(raises - reached)} raise errors no case reaches"
 
 
 def test_json_strings_from_the_command_line_become_dicts(tmp_path):
@@ -525,3 +567,5 @@ def test_pickled_weights_are_refused(tiny_vlm_path, tmp_path):
         VLMAgent.from_pretrained(str(folder))
     with pytest.raises((OSError, ValueError), match=re.compile("safetensors", re.IGNORECASE)):
         VLMPPOTrainer(str(folder), make_args(tmp_path), env=NUMBER_LINE)
+    with pytest.raises(OSError, match=re.compile("safetensors", re.IGNORECASE)):  # the KL reference copy too
+        load_reference_model(str(folder), "none", torch.float32, trust_remote_code=False)

@@ -264,15 +264,17 @@ class VLMPPOConfig(TrainingArguments):
         self._derive_num_updates()
 
     def _validate(self) -> None:
-        def positive(name: str) -> None:
-            if getattr(self, name) is None or getattr(self, name) <= 0:
-                raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)!r}.")
+        def is_int(value) -> bool:  # a count: `True` or `1.5` from a YAML typo is not one
+            return isinstance(value, int) and not isinstance(value, bool)
 
         for name in (
-            "num_envs", "num_steps", "total_env_steps", "num_ppo_epochs", "max_new_tokens", "temperature", "eval_episodes"
+            "num_envs", "num_steps", "total_env_steps", "num_ppo_epochs", "max_new_tokens", "eval_episodes",
+            "per_device_train_batch_size",
         ):
-            positive(name)
-        positive("per_device_train_batch_size")
+            if not is_int(getattr(self, name)) or getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` must be an int > 0, got {getattr(self, name)!r}.")
+        if self.temperature is None or self.temperature <= 0:  # NaN and inf: the finite check below
+            raise ValueError(f"`temperature` must be > 0, got {self.temperature!r}.")
         for name in ("vf_coef", "kl_coef", "cliprange", "learning_rate", "weight_decay", "adam_epsilon"):
             if not getattr(self, name) >= 0:  # `not >=` also catches NaN
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
@@ -284,8 +286,10 @@ class VLMPPOConfig(TrainingArguments):
                 f"`max_grad_norm` must be a finite number > 0, got {self.max_grad_norm}: every PPO optimizer step "
                 "clips the gradient norm to it (0 would zero every gradient). Use a large value to clip less."
             )
-        for name in ("invalid_action_index", "max_consecutive_env_errors", "max_skipped_minibatches", "history_length"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+        for name in (
+            "invalid_action_index", "max_consecutive_env_errors", "max_skipped_minibatches", "history_length", "eval_seed"
+        ):
+            if not is_int(getattr(self, name)) or getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be an int >= 0, got {getattr(self, name)!r}.")
         for name in ("env_kwargs", "model_init_kwargs"):
             value = getattr(self, name)
@@ -314,7 +318,7 @@ class VLMPPOConfig(TrainingArguments):
                 f"`ref_model_quantization` must be one of {REF_QUANTIZATION_CHOICES}, got "
                 f"{self.ref_model_quantization!r}."
             )
-        if not self.value_head_hidden_sizes or any(int(h) <= 0 for h in self.value_head_hidden_sizes):
+        if not self.value_head_hidden_sizes or not all(is_int(h) and h > 0 for h in self.value_head_hidden_sizes):
             raise ValueError(f"`value_head_hidden_sizes` must be positive ints, got {self.value_head_hidden_sizes}.")
 
     def _derive_sizes(self) -> None:

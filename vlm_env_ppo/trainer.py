@@ -270,7 +270,8 @@ class VLMPPOTrainer(BaseTrainer):
                 if not self.base_model_name:
                     raise ValueError("kl_coef > 0 needs a reference: pass `ref_model=` or a `peft_config`.")
                 ref_model = load_reference_model(
-                    self.base_model_name, args.ref_model_quantization, policy.dtype, args.trust_remote_code
+                    self.base_model_name, args.ref_model_quantization, policy.dtype, args.trust_remote_code,
+                    use_safetensors=(args.model_init_kwargs or {}).get("use_safetensors", True),
                 )
             self.ref_model = ref_model.eval().requires_grad_(False)
             if not (getattr(ref_model, "is_loaded_in_4bit", False) or getattr(ref_model, "is_loaded_in_8bit", False)):

@@ -99,9 +99,12 @@ def disable_bnb_cpu_repacking(model: nn.Module) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def load_reference_model(name_or_path: str, quantization: str, dtype: torch.dtype, trust_remote_code: bool):
-    """A frozen copy of the base policy in 4-bit nf4, 8-bit, or ``dtype`` (``quantization="none"``)."""
-    kwargs: dict = {"dtype": dtype}
+def load_reference_model(
+    name_or_path: str, quantization: str, dtype: torch.dtype, trust_remote_code: bool, use_safetensors: bool = True
+):
+    """A frozen copy of the base policy in 4-bit nf4, 8-bit, or ``dtype`` (``quantization="none"``); safetensors
+    weights only unless the user opted out for the policy too."""
+    kwargs: dict = {"dtype": dtype, "use_safetensors": use_safetensors}
     if quantization == "4bit":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
