@@ -240,7 +240,10 @@ class VLMPPOTrainer(BaseTrainer):
         elif not isinstance(policy, PeftModel) and not args.train_vision_tower:
             freeze_vision_tower(policy)
         if args.activation_checkpointing:
-            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(policy, "activation_checkpointing_enable"):  # transformers >= 5.24 renamed it
+                policy.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.is_peft = isinstance(policy, PeftModel)
         for module in policy.modules():  # dropout would make rollout and update log-probs differ
             if isinstance(module, nn.Dropout):
