@@ -204,7 +204,7 @@ def test_ez_points_win_needs_twelve_and_both_cards():
     assert env.action_names == EZPointsEnv.ACTION_NAMES
     results = play(env, ["10", "+", "2"])
     assert [r[1:4] for r in results] == [(0.0, False, False)] * 3
-    assert results[-1][4]["Formula"] == ["10", "+", "2"] and results[-1][4]["formula_text"] == "10+2"
+    assert results[-1][4]["Formula"] == ["10", "+", "2"] and results[-1][4]["formula_text"] == "10 + 2"
     assert results[-1][4]["Cards"] == ["K", "2"] and results[-1][4]["Numbers"] == [10, 2]
     _, reward, terminated, truncated, info = act(env, "=")
     assert (reward, terminated, truncated, info["is_success"]) == (10.0, True, False, True)

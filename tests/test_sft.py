@@ -121,7 +121,7 @@ def test_expert_explanations():
     _, info = env.reset(seed=0, options={"ranks": [13, 2]})
     action, thoughts = points_expert(None, info, env.unwrapped)
     assert env.unwrapped.action_names[action] == "2"
-    assert "K and 2, worth 10 and 2" in thoughts and "2+10=12" in thoughts and "type '2' next" in thoughts
+    assert "K and 2, worth 10 and 2" in thoughts and "2 + 10 = 12" in thoughts and "type '2' next" in thoughts
     _, _, _, _, info = env.step(env.unwrapped.action_names.index("*"))  # off the plan: no undo, so submit
     action, thoughts = points_expert(None, info, env.unwrapped)
     assert env.unwrapped.action_names[action] == "=" and "does not start my solution" in thoughts

@@ -13,7 +13,7 @@ from vlm_env_ppo.tasks import TASKS, Task, get_task, register_task, to_pil_image
 ENV_IDS = ["gym_cards/NumberLine-v0", "gym_cards/EZPoints-v0", "gym_cards/Points24-v0", "gym_cards/Blackjack-v0"]
 INFOS = {
     "gym_cards/NumberLine-v0": {"Target": 3, "Current": 1},
-    "gym_cards/EZPoints-v0": {"Cards": ["K", "2"], "Numbers": [10, 2], "Formula": ["10", "+"], "formula_text": "10+"},
+    "gym_cards/EZPoints-v0": {"Cards": ["K", "2"], "Numbers": [10, 2], "Formula": ["10", "+"], "formula_text": "10 +"},
     "gym_cards/Points24-v0": {"Cards": ["4", "6", "A", "2"], "Numbers": [4, 6, 1, 2], "Formula": ["(", "4"]},
     "gym_cards/Blackjack-v0": {"player_cards": [10, 5], "dealer_card": 7, "player_sum": 15, "usable_ace": False},
 }
@@ -65,8 +65,8 @@ def test_action_only_prompt_does_not_ask_for_thoughts(env_id):
 
 
 def test_points_prompts_show_the_formula():
-    assert "10+" in get_task("gym_cards/EZPoints-v0").prompt(INFOS["gym_cards/EZPoints-v0"])
-    assert "(4" in get_task("gym_cards/Points24-v0").prompt(INFOS["gym_cards/Points24-v0"], action_only=True)
+    assert "10 +" in get_task("gym_cards/EZPoints-v0").prompt(INFOS["gym_cards/EZPoints-v0"])
+    assert "( 4" in get_task("gym_cards/Points24-v0").prompt(INFOS["gym_cards/Points24-v0"], action_only=True)
     assert "formula is empty" in get_task("gym_cards/Points24-v0").prompt({"Formula": []})
     assert "formula is empty" in get_task("gym_cards/Points24-v0").prompt(None)  # reset info may be missing
 

@@ -78,21 +78,21 @@ def points_expert(observation, info: dict, env: gym.Env) -> tuple[int, str]:
     typed = [str(token) for token in info.get("Formula", []) if str(token) != BLANK]
     cards = _join(info["Cards"])
     values = _join([str(n) for n in info["Numbers"]])
-    formula = "".join(typed)
+    formula = " ".join(typed)
     seen = f"The cards are {cards}, worth {values}. " + (
         f"The current formula is {formula}." if formula else "The current formula is empty."
     )
     if solution is None:
         return names.index("="), f"{seen} No formula with these numbers makes {target}, so I submit with '='."
-    plan = "".join(solution)
+    plan = " ".join(solution)
     if typed != solution[: len(typed)]:
         return names.index("="), (
-            f"{seen} It does not start my solution {plan}={target} and there is no undo, so I submit with '='."
+            f"{seen} It does not start my solution {plan} = {target} and there is no undo, so I submit with '='."
         )
     if len(typed) == len(solution):
         return names.index("="), f"{seen} It uses every card and equals {target}, so I submit with '='."
     token = solution[len(typed)]
-    return names.index(token), f"{seen} My solution is {plan}={target}, so I type '{token}' next."
+    return names.index(token), f"{seen} My solution is {plan} = {target}, so I type '{token}' next."
 
 
 def blackjack_expert(observation, info: dict, env: gym.Env) -> tuple[int, str]:

@@ -242,7 +242,7 @@ def formula_text(info: dict) -> str:
     text = info.get("formula_text")
     if not isinstance(text, str):
         tokens = info.get("Formula") or []
-        text = "".join(str(t) for t in tokens) if isinstance(tokens, (list, tuple)) else str(tokens)
+        text = " ".join(str(t) for t in tokens) if isinstance(tokens, (list, tuple)) else str(tokens)
     return f"The current formula is: {text}" if text else "The current formula is empty."
 
 

@@ -72,7 +72,7 @@ class EZPointsEnv(PointsGameEnv):
     ## Information
     ``info`` has ``"Cards"`` (rank labels as printed, e.g. ``["K", "2"]``), ``"Suits"``, ``"Numbers"`` (the
     values used in arithmetic, e.g. ``[10, 2]``), ``"Formula"`` (the tokens typed so far, RL4VLM's key, blanks as
-    ``" "``), ``"formula_text"`` (the tokens joined), ``"target"``, ``"solvable"`` (always `True` here),
+    ``" "``), ``"formula_text"`` (the tokens joined by spaces), ``"target"``, ``"solvable"`` (always `True` here),
     ``"is_success"`` and ``"invalid_number"`` (this step's number was not available).
 
     ## Arguments

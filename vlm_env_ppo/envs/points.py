@@ -121,7 +121,7 @@ class PointsGameEnv(gym.Env):
             "Suits": list(self._suits),
             "Numbers": list(self._numbers),
             "Formula": list(self._formula),
-            "formula_text": "".join(self._formula),
+            "formula_text": " ".join(self._formula),  # "2 4" is two numbers, as drawn
             "target": self.target,
             "solvable": self._solvable,
             "is_success": False,

@@ -51,7 +51,7 @@ class Points24Env(PointsGameEnv):
     ## Information
     ``info`` has ``"Cards"`` (rank labels as printed, e.g. ``["A", "7", "Q", "3"]``), ``"Suits"``,
     ``"Numbers"`` (values used in arithmetic, e.g. ``[1, 7, 10, 3]``), ``"Formula"`` (the tokens typed so far,
-    RL4VLM's key, blanks as ``" "``), ``"formula_text"`` (the tokens joined), ``"target"``, ``"solvable"``,
+    RL4VLM's key, blanks as ``" "``), ``"formula_text"`` (the tokens joined by spaces), ``"target"``, ``"solvable"``,
     ``"is_success"`` and ``"invalid_number"`` (this step's number was not available).
 
     ## Arguments
