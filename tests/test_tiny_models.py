@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText, AutoProcessor, LogitsProcessor, LogitsProcessorList
 
+from vlm_env_ppo.agent import generate_completions
 from vlm_env_ppo.models import (
     TINY_FAMILIES,
     build_tiny_vlm,
@@ -184,6 +185,50 @@ def test_left_padded_batch_generates_without_image_tokens(family, tiny_vlm_path)
     completion = out[:, prompt_len:]
     generated = completion[completion != processor.tokenizer.pad_token_id]  # generate pads rows after EOS
     assert generated.numel() > 0 and not torch.isin(generated, torch.tensor(suppress)).any()
+
+
+class RecordScores(LogitsProcessor):
+    """Appends a copy of the scores it sees to ``store`` and passes them on unchanged."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def __call__(self, input_ids, scores):
+        self.store.append(scores.clone())
+        return scores
+
+
+@pytest.mark.parametrize("greedy", [False, True])
+@pytest.mark.parametrize("family", ["llava_next", "qwen2_5_vl"])
+def test_model_generation_config_cannot_change_what_the_agent_samples(family, greedy, tiny_vlm_path, monkeypatch):
+    """`generate` fills unpassed settings from the model's `generation_config` (Qwen2.5-VL Instruct ships
+    `repetition_penalty=1.05`). `generate_completions` must still draw from the plain softmax at the temperature that
+    PPO scores (greedy: its argmax), only with suppressed tokens made impossible."""
+    model, processor = load(tiny_vlm_path(family))
+    config = model.generation_config
+    config.do_sample, config.temperature, config.top_k, config.top_p = not greedy, 0.3, 5, 0.5
+    config.repetition_penalty, config.no_repeat_ngram_size, config.min_p, config.typical_p = 1.5, 2, 0.2, 0.5
+    config.forced_eos_token_id, config.min_new_tokens, config.num_beams = processor.tokenizer.eos_token_id, 3, 2
+    raw, processed = [], []
+    build = model._get_logits_processor
+
+    def spy(*args, **kwargs):  # records the logits before and after the processors `generate` builds
+        return LogitsProcessorList([RecordScores(raw), *build(*args, **kwargs), RecordScores(processed)])
+
+    monkeypatch.setattr(model, "_get_logits_processor", spy)
+    suppress = generation_suppress_token_ids(processor, model.config)
+    inputs = batch_inputs(processor, frames(2, seed=2))
+    torch.manual_seed(0)
+    ids, _, _ = generate_completions(
+        model, processor, dict(inputs), greedy=greedy, temperature=0.7, top_p=1.0, max_new_tokens=6,
+        suppress_token_ids=suppress, pad_token_id=processor.tokenizer.pad_token_id,
+    )
+    assert ids.shape == (2, len(raw)) and len(raw) == len(processed) >= 1 and raw[0].shape[0] == 2  # no beams
+    suppressed = torch.zeros(raw[0].shape[-1], dtype=torch.bool)
+    suppressed[suppress] = True
+    for before, after in zip(raw, processed):
+        expected = (before if greedy else before / 0.7).masked_fill(suppressed, float("-inf"))
+        torch.testing.assert_close(after, expected, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)

@@ -8,9 +8,11 @@ from gymnasium import spaces
 from peft import LoraConfig
 
 from vlm_env_ppo import VLMPPOConfig, VLMPPOTrainer
+from vlm_env_ppo import trainer as trainer_module
 from vlm_env_ppo.actions import ParsedAction
 from vlm_env_ppo.envs.probe import ColorChoiceEnv
 from vlm_env_ppo.logprobs import token_weights, weighted_logprob
+from vlm_env_ppo.losses import policy_loss
 from vlm_env_ppo.rollout import unbatch_infos
 from vlm_env_ppo.tasks import COLOR_CHOICE
 from vlm_env_ppo.warm_start import teach_answer_format
@@ -48,8 +50,9 @@ def start_rollout(trainer):
 
 
 # ----------------------------------------------------------------------------------------------- log-prob identity
-def test_update_logprobs_equal_rollout_logprobs(tiny_vlm_path, tmp_path):
-    """Same params → the update's λ-weighted log-probs and values equal the rollout's, for any micro-batching.
+def test_update_logprobs_equal_rollout_logprobs(tiny_vlm_path, tmp_path, monkeypatch):
+    """Same params → the update's λ-weighted log-probs and values equal the rollout's, for any micro-batching, and
+    the update's own loss path (train mode, entropy, the wrapped model) sees a ratio of exactly 1.
 
     EZPoints prompts carry the formula typed so far, so prompts differ in length and micro-batches pad differently.
     """
@@ -60,6 +63,7 @@ def test_update_logprobs_equal_rollout_logprobs(tiny_vlm_path, tmp_path):
     lengths = {p["input_ids"].shape[0] for p in batch.prompts}
     assert len(lengths) > 1, "the check needs prompts of different lengths"
     assert_update_matches_rollout(trainer, batch)
+    assert_update_path_has_ratio_one(trainer, batch, monkeypatch)
 
 
 def assert_update_matches_rollout(trainer, batch):
@@ -76,6 +80,33 @@ def assert_update_matches_rollout(trainer, batch):
             torch.testing.assert_close(values, mb["old_values"], atol=1e-5, rtol=0)
 
 
+def assert_update_path_has_ratio_one(trainer, batch, monkeypatch):
+    """`_micro_batch_loss`, as `ppo_update` calls it (train mode, entropy on), before any step: every sample's new
+    λ-weighted log-prob is its rollout one, so ratio 1, approx_kl 0 and nothing clipped."""
+    seen = []
+
+    def spy(new_logprobs, old_logprobs, advantages, cliprange):
+        seen.append((new_logprobs.detach().cpu(), old_logprobs.cpu()))
+        return policy_loss(new_logprobs, old_logprobs, advantages, cliprange)
+
+    monkeypatch.setattr(trainer_module, "policy_loss", spy)
+    model = trainer.model_wrapped
+    model.train()
+    try:
+        for micro in torch.randperm(len(batch)).split(5):
+            mb = batch.minibatch(micro, trainer.pad_token_id)
+            mb["advantages"] = torch.randn(len(micro))  # so a ratio outside the clip range would count as clipped
+            with torch.no_grad():
+                _, stats = trainer._micro_batch_loss(model, mb, trainer.accelerator.device)
+            assert stats["ratio"] == pytest.approx(1.0, abs=1e-5) and stats["clipfrac"] == 0.0
+            assert stats["approx_kl"] == pytest.approx(0.0, abs=1e-8) and np.isfinite(stats["entropy"])
+    finally:
+        model.eval()
+    assert sum(len(new) for new, _ in seen) == len(batch)
+    for new, old in seen:
+        torch.testing.assert_close(new, old, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("family", ["llava_next", "qwen2_5_vl"])
 def test_history_prompts_with_different_image_counts_rescore_exactly(tiny_vlm_path, tmp_path, family):
     """With `history_length=2`, prompts hold 1 to 3 images; micro-batches mixing them (LLaVA's per-image rows,
@@ -88,6 +119,79 @@ def test_history_prompts_with_different_image_counts_rescore_exactly(tiny_vlm_pa
               for p in batch.prompts}
     assert counts == {1, 2, 3}
     assert_update_matches_rollout(trainer, batch)
+
+
+# ----------------------------------------------------------------------------------------------- truncation bootstrap
+class UnevenEnv(gym.Env):
+    """A noisy frame; every step pays ``reward``; the episode ends after ``length`` steps, terminated or
+    (``truncate``) truncated by a time limit. ``info["t"]`` is the step count; ``episodes`` keeps every episode's
+    ``(observation, info)`` pairs, from its reset to its last step."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, length: int, truncate: bool, reward: float = 1.0):
+        self.length, self.truncate, self.reward = length, truncate, reward
+        self.action_space = spaces.Discrete(2)
+        self.observation_space = spaces.Box(0, 255, (32, 32, 3), np.uint8)
+        self.episodes = []
+
+    def _observe(self):
+        obs, info = self.np_random.integers(0, 256, size=(32, 32, 3), dtype=np.uint8), {"t": self.t}
+        self.episodes[-1].append((obs, info))
+        return obs, dict(info)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        self.episodes.append([])
+        return self._observe()
+
+    def step(self, action):
+        self.t += 1
+        done = self.t >= self.length
+        obs, info = self._observe()
+        return obs, self.reward, done and not self.truncate, done and self.truncate, info
+
+
+class StepCountTrainer(VLMPPOTrainer):
+    """Prompts that depend on the observation and on the info; every output is a valid action."""
+
+    def build_messages(self, observation, info):
+        text = f"Step {int(info['t'])}. Answer 0 or 1."
+        return [{"role": "user", "content": [{"type": "image", "image": observation}, {"type": "text", "text": text}]}]
+
+    def parse_action(self, completion, info):
+        return ParsedAction(len(completion) % 2, True, 0)
+
+
+def test_truncated_episodes_bootstrap_from_their_final_observation(tiny_vlm_path, tmp_path):
+    """Env 0 is truncated after 2 steps, env 1 terminated after 3. Same-step autoreset hands over the next episode's
+    first observation; the bootstrap value of a truncated step must be the critic's value of the episode's last
+    observation (with its last info), and 0 wherever the episode did not end by truncation."""
+    specs = iter([(2, True), (3, False)])
+    args = make_args(tmp_path, num_envs=2, num_steps=5, total_env_steps=10, num_mini_batches=1, max_new_tokens=4)
+    trainer = StepCountTrainer(tiny_vlm_path("llava_next"), args, env=lambda: UnevenEnv(*next(specs)))
+    start_rollout(trainer)
+    batch = trainer.collect_rollout()
+    assert batch.truncated[:, 0].tolist() == [False, True, False, True, False] and not batch.terminated[:, 0].any()
+    assert batch.terminated[:, 1].tolist() == [False, False, True, False, False] and not batch.truncated[:, 1].any()
+
+    episodes = trainer.envs.envs[0].unwrapped.episodes  # what env 0 really returned, episode by episode
+    assert [len(e) for e in episodes] == [3, 3, 2]  # reset + 2 steps, twice; the third episode is under way
+    for t, k in [(1, 0), (3, 1)]:
+        final_obs, final_info = episodes[k][-1]
+        next_first_obs, next_first_info = episodes[k + 1][0]
+        expected = trainer.value_of([final_obs], [final_info])[0]
+        torch.testing.assert_close(batch.final_values[t, 0], expected, atol=1e-5, rtol=0)
+        # the next episode's first observation (what the vector env returned at that step) has another value
+        assert abs(float(trainer.value_of([next_first_obs], [next_first_info])[0] - expected)) > 1e-4
+    not_truncated = torch.ones_like(batch.truncated)
+    not_truncated[[1, 3], 0] = False
+    assert (batch.final_values[not_truncated] == 0).all()
+    last_obs, last_info = episodes[2][-1]  # after the last step: the value the rollout continues from
+    torch.testing.assert_close(
+        batch.next_value[0], trainer.value_of([last_obs], [last_info])[0], atol=1e-5, rtol=0
+    )
 
 
 # ----------------------------------------------------------------------------------------------- end to end
@@ -127,6 +231,9 @@ def test_train_lora_changes_adapter_and_value_head_only(tiny_vlm_path, tmp_path,
         assert key in logs, key
     for key in ("losses/policy_loss", "losses/value_loss", "objective/kl", "perf/env_steps_per_sec"):
         assert np.isfinite(logs[key]), key
+    # The second rollout came from the updated adapter: a reference that is silently the policy would give exactly 0
+    # (the default k1 estimate can be negative on a few samples, hence != rather than >).
+    assert logs["objective/kl"] != 0.0
     assert trainer.env_steps - steps_before_train == args.total_env_steps
     assert trainer.state.global_step == args.num_updates == 2
 
@@ -134,7 +241,8 @@ def test_train_lora_changes_adapter_and_value_head_only(tiny_vlm_path, tmp_path,
 def test_full_finetune_with_4bit_reference(tiny_vlm_path, tmp_path):
     import bitsandbytes as bnb
 
-    args = make_args(tmp_path, kl_coef=0.1, ref_model_quantization="4bit")
+    # k3: a KL estimate that is > 0 on every sample unless policy and reference agree exactly.
+    args = make_args(tmp_path, kl_coef=0.1, ref_model_quantization="4bit", kl_estimator="k3")
     trainer = VLMPPOTrainer(tiny_vlm_path("llava_next"), args, env="gym_cards/NumberLine-v0")
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in trainer.ref_model.modules())
     policy = trainer.model.policy
@@ -151,7 +259,8 @@ def test_full_finetune_with_4bit_reference(tiny_vlm_path, tmp_path):
     lm_changed = [n for n in before if "language_model" in n and not torch.equal(before[n], after[n])]
     vision_same = all(torch.equal(before[n], after[n]) for n in before if "vision_tower" in n)
     assert lm_changed and vision_same
-    assert np.isfinite(trainer.state.log_history[-1]["objective/kl"])
+    kl = trainer.state.log_history[-1]["objective/kl"]
+    assert np.isfinite(kl) and kl > 0, "the reference must not be the (updated) policy itself"
 
 
 def test_qlora_4bit_policy_with_lora_and_checkpointing(tiny_vlm_path, tmp_path):
@@ -181,7 +290,7 @@ def test_qlora_4bit_policy_with_lora_and_checkpointing(tiny_vlm_path, tmp_path):
     changed = [n for n in before if not torch.equal(before[n], after[n])]
     assert any("lora_" in n for n in changed) and all("lora_" in n or "value_head" in n for n in changed)
     kls = [h["objective/kl"] for h in trainer.state.log_history if "objective/kl" in h]
-    assert kls[0] == 0.0 and np.isfinite(kls[-1])
+    assert kls[0] == 0.0 and np.isfinite(kls[-1]) and kls[-1] != 0.0  # the update moved the policy off the reference
 
 
 def test_kl_coef_zero_loads_no_reference(tiny_vlm_path, tmp_path):
@@ -252,7 +361,7 @@ class OddEvenEnv(gym.Env):
 
 
 class OddEvenTrainer(VLMPPOTrainer):
-    calls = {"messages": 0, "parse": 0}
+    calls = {"messages": 0, "parse": 0, "raised": 0}
 
     def build_messages(self, observation, info):
         self.calls["messages"] += 1
@@ -266,7 +375,12 @@ class OddEvenTrainer(VLMPPOTrainer):
             return ParsedAction(0, True, completion.lower().index("even"))
         if "odd" in words:
             return ParsedAction(1, True, completion.lower().index("odd"))
-        raise RuntimeError("user hook bug: the trainer must count this, not crash")
+        if self.calls["parse"] % 4 == 0:
+            self.calls["raised"] += 1
+            raise RuntimeError("user hook bug: the trainer must count this, not crash")
+        # A random tiny model never writes "even"/"odd": answer by the parity of the text's length, so valid actions
+        # (and their action-token weighting from `action_start`) are exercised too.
+        return ParsedAction(len(completion) % 2, True, len(completion) // 2)
 
 
 def test_user_subclass_with_own_env_trains(tiny_vlm_path, tmp_path):
@@ -280,12 +394,26 @@ def test_user_subclass_with_own_env_trains(tiny_vlm_path, tmp_path):
 
     args = make_args(tmp_path)
     trainer = ImageTrainer(tiny_vlm_path("llava_next"), args, env=OddEvenEnv)
+    trainer.calls = {"messages": 0, "parse": 0, "raised": 0}
     before = params_by_name(trainer.model)
+    start_rollout(trainer)
+    batch = trainer.collect_rollout()
+    tokenizer = trainer.processing_class.tokenizer
+    valid = batch.valid.flatten().tolist()
+    for prompt, text, ok, reward in zip(batch.prompts, batch.texts, valid, batch.env_rewards.flatten().tolist()):
+        seen = tokenizer.decode(prompt["input_ids"])  # the model saw the user's prompt, with this episode's number
+        number = int(seen.split("Is ")[1].split(" even or odd? Answer with one word.")[0])
+        if ok:  # the user's action reached the env: rewarded exactly when the parity answer was right
+            assert reward == float(len(text) % 2 == number % 2)
+    assert any(valid) and (batch.env_rewards[batch.valid] > 0).any(), "a valid answer should earn a reward"
+    assert not all(valid) and trainer.parse_errors == trainer.calls["raised"] > 0
+
     trainer.train()
-    assert trainer.calls["messages"] >= args.total_env_steps and trainer.calls["parse"] >= args.total_env_steps
-    # the random tiny model never writes "odd"/"even": every raise was counted as a parse error, none crashed
-    assert trainer.parse_errors == trainer.calls["parse"]
-    assert trainer.state.log_history[-1]["env/invalid_action_rate"] == 1.0
+    steps = args.batch_size + args.total_env_steps  # the rollout above, then training
+    assert trainer.calls["messages"] >= steps and trainer.calls["parse"] == steps
+    # every raise was counted as a parse error (an invalid output), none crashed; the other outputs were valid
+    assert trainer.parse_errors == trainer.calls["raised"]
+    assert 0 < trainer.state.log_history[-1]["env/invalid_action_rate"] < 1
     after = params_by_name(trainer.model)
     assert any(not torch.equal(before[n], after[n]) for n in before)
 

@@ -7,6 +7,7 @@ variant, generation settings).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 import torch
-from transformers import AutoProcessor, PreTrainedTokenizerBase, set_seed
+from transformers import AutoProcessor, GenerationConfig, PreTrainedTokenizerBase, set_seed
 
 from .actions import ParsedAction
 from .envs.adapter import HistoryWrapper, adapted_factory
@@ -77,6 +78,38 @@ def eos_token_ids(policy, tokenizer) -> list[int]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+# Every `generate` setting that changes which tokens are drawn, or how, pinned to its neutral value. `generate` takes
+# whatever is not passed from the model's own `generation_config` (Qwen2.5-VL Instruct ships `repetition_penalty=1.05`,
+# others `no_repeat_ngram_size`, `min_p`, ...), and would then sample from another distribution than the plain softmax
+# at `temperature` that PPO scores: the rollout's log-probs, ratios and KL would be silently off-policy. Passed as
+# keyword arguments, not as a `GenerationConfig`: `generate` fills a passed config's `None` entries from the model's
+# config too, while a keyword set to `None` clears the model's value.
+NEUTRAL_GENERATION_SETTINGS = {
+    # decoding mode: one sequence per prompt, token by token
+    "num_beams": 1, "num_beam_groups": 1, "num_return_sequences": 1, "penalty_alpha": None, "dola_layers": None,
+    "constraints": None, "force_words_ids": None, "prompt_lookup_num_tokens": None, "assistant_early_exit": None,
+    "use_mtp": None, "token_healing": None,
+    # logits processors
+    "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "sequence_bias": None, "min_length": 0,
+    "min_new_tokens": None, "forced_bos_token_id": None, "forced_eos_token_id": None,
+    "exponential_decay_length_penalty": None, "begin_suppress_tokens": None, "guidance_scale": None,
+    "watermarking_config": None, "renormalize_logits": False,
+    # sampling warpers besides temperature, top-k and top-p (set per call below)
+    "min_p": None, "top_h": None, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
+    # stopping and output: only EOS and `max_new_tokens` end a completion; plain token ids come back
+    "stop_strings": None, "max_time": None, "return_dict_in_generate": False, "output_scores": False,
+    "output_logits": False,
+}
+
+
+@functools.cache
+def neutral_generation_settings() -> dict:
+    """`NEUTRAL_GENERATION_SETTINGS` this transformers version knows: `generate` rejects a keyword it does not."""
+    known = GenerationConfig()
+    return {k: v for k, v in NEUTRAL_GENERATION_SETTINGS.items() if hasattr(known, k)}
+
+
 @torch.no_grad()
 def generate_completions(
     policy,
@@ -90,23 +123,33 @@ def generate_completions(
     suppress_token_ids: Sequence[int],
     pad_token_id: int,
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """One batched `generate` call → ``(completion_ids, completion_mask, texts)``; ids after EOS become padding."""
+    """One batched `generate` call → ``(completion_ids, completion_mask, texts)``; ids after EOS become padding.
+
+    Sampling draws from the softmax of the logits at ``temperature`` (nucleus-cut at ``top_p``), greedy takes their
+    argmax; nothing in the model's ``generation_config`` changes either (`NEUTRAL_GENERATION_SETTINGS`) except its
+    EOS ids, which end completions here exactly as they end them in `mask_after_eos`.
+    """
     tokenizer = get_tokenizer(processing_class)
-    sampling = {} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": 0}
+    eos_ids = eos_token_ids(policy, tokenizer)
+    if greedy:
+        sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    else:
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
     generated = policy.generate(
         **device_inputs,
-        do_sample=not greedy,
+        **neutral_generation_settings(),
         **sampling,
         max_new_tokens=max_new_tokens,
-        suppress_tokens=list(suppress_token_ids) or None,
+        eos_token_id=eos_ids,
         pad_token_id=pad_token_id,
+        suppress_tokens=list(suppress_token_ids) or None,
         # A NaN/inf logit (e.g. a bf16 overflow) would make sampling raise; this replaces them (before suppression,
         # so suppressed tokens stay impossible) and the scoring forward's non-finite log-probs are dealt with by the
         # trainer (the sample's minibatches are skipped and counted).
         remove_invalid_values=True,
     )
     completion_ids = generated[:, device_inputs["input_ids"].shape[1] :]  # (batch, C)
-    completion_mask = mask_after_eos(completion_ids, eos_token_ids(policy, tokenizer))
+    completion_mask = mask_after_eos(completion_ids, eos_ids)
     completion_ids = completion_ids.masked_fill(completion_mask == 0, pad_token_id)
     texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
     return completion_ids, completion_mask, texts
