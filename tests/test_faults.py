@@ -16,7 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_trainer import make_args, start_rollout
-from transformers import AutoProcessor, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoProcessor, AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback
+from transformers.trainer_pt_utils import safe_globals
 
 import vlm_env_ppo
 from vlm_env_ppo import VLMPPOConfig, VLMPPOTrainer
@@ -121,6 +122,25 @@ def state(module):
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+def files(folder):
+    return {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()}
+
+
+class Recorder(TrainerCallback):
+    """Per update: the trainer's run state and torch RNG state at its end, and the files of its checkpoint."""
+
+    def __init__(self):
+        self.trainer, self.run_states, self.rng, self.saved, self.inodes = None, {}, {}, {}, {}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.run_states[state.global_step] = json.loads(json.dumps(self.trainer._run_state()))
+        self.rng[state.global_step] = torch.random.get_rng_state()
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        self.saved[state.global_step], self.inodes[state.global_step] = files(folder), folder.stat().st_ino
+
+
 # ----------------------------------------------------------------------------------------------- env faults (tier 2)
 def test_fault_tolerant_env_recovers_and_limits_consecutive_faults():
     log, factory = faulty_number_line(raise_on_step={2, 3, 5}, raise_on_reset={2})
@@ -186,19 +206,33 @@ def test_env_faults_are_survived_counted_and_not_bootstrapped(tiny_vlm_path, tmp
     assert trainer.state.global_step == args.num_updates == 2
 
 
-def test_env_fault_limit_stops_with_a_loadable_checkpoint(tiny_vlm_path, tmp_path):
-    # 2 steps x 2 envs per update; every step call from the 5th raises: update 2 survives two faults per env, the
-    # first step of update 3 is env 0's third in a row.
-    log, factory = faulty_number_line(raise_from_step=5)
-    args = make_args(tmp_path, total_env_steps=12, max_consecutive_env_errors=2)
-    trainer = VLMPPOTrainer(tiny_vlm_path("llava_next"), args, env=factory, task=get_task(NUMBER_LINE))
+@pytest.mark.parametrize("save_steps", [None, 1], ids=["written-at-the-fault", "already-saved"])
+def test_env_fault_limit_stops_with_a_loadable_checkpoint(tiny_vlm_path, tmp_path, save_steps):
+    # 2 steps x 2 envs per update; every step call from the 7th raises: update 2's last step and update 3's first are
+    # two faults in a row per env (the limit), update 3's second step is env 0's third. The cut rollout of update 3
+    # took env steps and ended 2 episodes (truncated by the faults): none of that may reach the checkpoint.
+    log, factory = faulty_number_line(raise_from_step=7)
+    saving = {"save_strategy": "steps", "save_steps": save_steps} if save_steps else {}
+    args = make_args(tmp_path, total_env_steps=12, max_consecutive_env_errors=2, **saving)
+    recorder = Recorder()
+    trainer = VLMPPOTrainer(
+        tiny_vlm_path("llava_next"), args, env=factory, task=get_task(NUMBER_LINE), callbacks=[recorder]
+    )
+    recorder.trainer = trainer
     with pytest.raises(EnvFaultError, match=r"max_consecutive_env_errors=2.*checkpoint-2") as caught:
         trainer.train()
     assert log["raised"] == 5 and isinstance(caught.value.__cause__, RuntimeError)
     checkpoint = Path(caught.value.checkpoint)
     assert checkpoint == Path(args.output_dir) / "checkpoint-2"
+    # Every counter (and the RNG states) is the one at the end of update 2, like the weights.
     run_state = json.loads((checkpoint / "vlm_env_ppo_state.json").read_text())
-    assert run_state["env_errors"] == 5 and run_state["env_steps"] == 2 * 4  # the interrupted rollout is not in it
+    assert run_state == recorder.run_states[2] == trainer._run_state()
+    assert run_state["env_errors"] == 2 and run_state["env_steps"] == 2 * 4
+    with safe_globals():  # (numpy's state is in it: allowed the way Trainer loads it)
+        rng = torch.load(checkpoint / "rng_state.pth", weights_only=True)
+    assert torch.equal(rng["cpu"], recorder.rng[2])
+    if save_steps:  # the clean checkpoint of update 2 was kept as it was, not written again
+        assert files(checkpoint) == recorder.saved[2] and checkpoint.stat().st_ino == recorder.inodes[2]
     agent = VLMAgent.from_pretrained(str(checkpoint), task=get_task(NUMBER_LINE))
     expected = state(trainer.model.policy)
     assert all(torch.equal(v, expected[k]) for k, v in agent.policy.state_dict().items())
@@ -228,26 +262,41 @@ def test_nan_losses_skip_exactly_those_minibatches(tiny_vlm_path, tmp_path):
 
 def test_nan_limit_stops_with_the_last_good_weights(tiny_vlm_path, tmp_path):
     # Update 1: 4 good PPO forwards. Update 2: the 5th is good, every later one NaN: skipped (1 allowed), then stop.
-    args = make_args(tmp_path, num_ppo_epochs=2, per_device_train_batch_size=2, max_skipped_minibatches=1)
-    trainer = VLMPPOTrainer(tiny_vlm_path("llava_next"), args, env=NUMBER_LINE)
+    # Update 2 then ends early: its rollout and its one optimizer step are in checkpoint-2; checkpoint-1 is untouched.
+    args = make_args(
+        tmp_path, num_ppo_epochs=2, per_device_train_batch_size=2, max_skipped_minibatches=1,
+        save_strategy="steps", save_steps=1,
+    )  # fmt: skip
+    recorder = Recorder()
+    # One-step episodes: a consistent checkpoint has as many episodes as env steps.
+    trainer = VLMPPOTrainer(tiny_vlm_path("llava_next"), args, env="vlm_env_ppo/ColorChoice-v0", callbacks=[recorder])
+    recorder.trainer = trainer
     good = {}
     injector = NaNInjector(
         trainer.model.policy, "update", lambda n: n >= 6, on_inject=lambda: good.setdefault("w", state(trainer.model))
     )
     try:
-        with pytest.raises(NumericFaultError, match=r"max_skipped_minibatches=1.*checkpoint-1") as caught:
+        with pytest.raises(NumericFaultError, match=r"max_skipped_minibatches=1.*checkpoint-2") as caught:
             trainer.train()
     finally:
         injector.handle.remove()
     assert injector.injected == 2 and trainer.skipped_minibatches == 2
+    assert Path(caught.value.checkpoint) == Path(args.output_dir) / "checkpoint-2"
+    assert files(Path(args.output_dir) / "checkpoint-1") == recorder.saved[1]
     now = state(trainer.model)
     assert all(torch.equal(now[k], v) for k, v in good["w"].items()), "a skipped minibatch changed the weights"
     agent = VLMAgent.from_pretrained(caught.value.checkpoint)
     saved = {f"policy.{k}": v for k, v in agent.policy.state_dict().items()}
     saved |= {f"value_head.{k}": v for k, v in agent.value_head.state_dict().items()}
     assert saved.keys() == now.keys() and all(torch.equal(saved[k], now[k]) for k in now)
-    run_state = json.loads((Path(caught.value.checkpoint) / "vlm_env_ppo_state.json").read_text())
+    checkpoint = Path(caught.value.checkpoint)
+    run_state = json.loads((checkpoint / "vlm_env_ppo_state.json").read_text())
     assert run_state["skipped_minibatches"] == 2
+    assert run_state["env_steps"] == run_state["total_episodes"] == 2 * 4 == trainer.env_steps
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == 2
+    # the schedule is at the end of update 2, as if its last two minibatches had been skipped
+    scheduler = torch.load(checkpoint / "scheduler.pt", weights_only=True)
+    assert scheduler["last_epoch"] == 2 * args.optimizer_steps_per_update
 
 
 def test_nan_in_rollout_is_contained(tiny_vlm_path, tmp_path):

@@ -1,22 +1,29 @@
 """Saving, loading, resuming, evaluating and pushing a trained agent."""
 
+import fnmatch
 import json
 import os
+import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 from peft import LoraConfig
-from test_trainer import make_args
+from test_trainer import make_args, start_rollout
+from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint, sort_checkpoints
 
 from vlm_env_ppo import VLMPPOTrainer
 from vlm_env_ppo.agent import VLMAgent
+from vlm_env_ppo.tasks import COLOR_CHOICE
 
 
 def observations(env_id, n, seed):
@@ -97,14 +104,37 @@ def test_interrupted_checkpoint_write_leaves_previous_loadable(tiny_vlm_path, tm
     run_dir = Path(args.output_dir)
     assert (run_dir / "checkpoint-1").is_dir()
     assert not (run_dir / "checkpoint-2").exists(), "a half-written checkpoint must not look like a checkpoint"
+    leftover = run_dir / "_tmp-checkpoint-2"  # "_*": never uploaded by push_to_hub
+    assert leftover.is_dir() and get_last_checkpoint(str(run_dir)) == str(run_dir / "checkpoint-1")
     agent = VLMAgent.from_pretrained(str(run_dir / "checkpoint-1"))
     obs, infos = observations("gym_cards/NumberLine-v0", 2, seed=0)
     assert len(agent.act_batch(obs, infos)[1]) == 2
-    # resuming from it works and cleans up the leftover temporary folder on the next save
-    trainer2 = VLMPPOTrainer(tiny_vlm_path("llava_next"), args, env="gym_cards/NumberLine-v0")
+    # resuming from it works, and the leftover temporary folder is gone when training starts
+    at_start = {}
+
+    class AtStart(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            at_start.update(step=state.global_step, leftover=leftover.exists())
+
+    trainer2 = VLMPPOTrainer(tiny_vlm_path("llava_next"), args, env="gym_cards/NumberLine-v0", callbacks=[AtStart()])
     trainer2.train(resume_from_checkpoint=True)
+    assert at_start == {"step": 1, "leftover": False}
     assert trainer2.state.global_step == args.num_updates == 3
-    assert not any(p.name.startswith(".tmp-") for p in run_dir.iterdir())
+    assert not any(p.name.startswith(("_", ".")) for p in run_dir.iterdir())
+
+
+def test_interrupted_save_leftovers_are_cleaned_up_and_never_resumed_from(tmp_path):
+    """Temporary folders of an interrupted save are never a checkpoint (resume, rotation); `train` removes them,
+    except an ``_old-checkpoint-N`` whose ``checkpoint-N`` is missing: that is the only copy, and it is put back."""
+    for name in ("checkpoint-1", "checkpoint-3", "_tmp-checkpoint-9", "_old-checkpoint-3", "_old-checkpoint-4",
+                 ".tmp-checkpoint-8", "_notes"):  # fmt: skip
+        (tmp_path / name).mkdir()
+    (tmp_path / "_old-checkpoint-4" / "value_head.safetensors").write_text("kept")
+    assert get_last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-3")
+    assert sort_checkpoints(str(tmp_path)) == [str(tmp_path / "checkpoint-1"), str(tmp_path / "checkpoint-3")]
+    VLMPPOTrainer._clean_up_interrupted_saves(SimpleNamespace(args=SimpleNamespace(output_dir=str(tmp_path))))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_notes", "checkpoint-1", "checkpoint-3", "checkpoint-4"]
+    assert (tmp_path / "checkpoint-4" / "value_head.safetensors").read_text() == "kept"
 
 
 def test_save_total_limit_is_honoured(tiny_vlm_path, tmp_path):
@@ -223,3 +253,144 @@ def test_save_writes_the_gathered_state_dict_not_local_shards(tiny_vlm_path, tmp
     assert not torch.all(trainer.model.policy.lm_head.weight == 0.25)  # the live model was not touched
     agent = VLMAgent.from_pretrained(str(out))
     assert torch.all(agent.policy.lm_head.weight == 0.25)
+
+
+def test_evaluation_under_another_prefix_goes_into_the_model_card(tiny_vlm_path, tmp_path):
+    trainer = VLMPPOTrainer(tiny_vlm_path("llava_next"), make_args(tmp_path), env="vlm_env_ppo/ColorChoice-v0")
+    metrics = trainer.evaluate(num_episodes=2, metric_key_prefix="test")
+    assert metrics["test/episodes"] == 2 and not any(k.startswith("eval/") for k in metrics)
+    out = tmp_path / "agent"
+    trainer.save_model(str(out))
+    card = (out / "README.md").read_text()
+    assert "invalid-action rate" in card and "over 2 episodes" in card
+    assert json.loads((out / "vlm_env_ppo.json").read_text())["last_eval"]["eval/episodes"] == 2
+
+
+def test_evaluation_leaves_the_global_random_streams_as_they_were(tiny_vlm_path, tmp_path):
+    """`evaluate` seeds every global RNG for its episodes; the training draws after it must not notice."""
+    trainer = VLMPPOTrainer(tiny_vlm_path("llava_next"), make_args(tmp_path), env="vlm_env_ppo/ColorChoice-v0")
+
+    def seed_and_draw(evaluate: bool):
+        random.seed(5), np.random.seed(5), torch.manual_seed(5)
+        if evaluate:
+            trainer.evaluate(num_episodes=2, seed=0, greedy=False)
+        return random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist()
+
+    assert seed_and_draw(evaluate=True) == seed_and_draw(evaluate=False)
+
+
+class StopTraining(Exception):
+    pass
+
+
+def optimizer_and_rng_state(trainer) -> dict:
+    optimizer = trainer.optimizer.state_dict()["state"]
+    return {
+        "optimizer": {i: {k: v.clone() for k, v in s.items()} for i, s in optimizer.items()},
+        "lr": trainer.lr_scheduler.get_last_lr(),
+        "torch": torch.random.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def test_resume_restores_optimizer_scheduler_and_rng_states(tiny_vlm_path, tmp_path):
+    args = make_args(tmp_path, save_strategy="steps", save_steps=1, lr_scheduler_type="linear")  # 2 updates
+    saved = {}
+
+    class AtSave(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            random.random(), np.random.rand()  # so the saved python/numpy states are not the freshly seeded ones
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                saved.update(optimizer_and_rng_state(trainer))
+
+    trainer = VLMPPOTrainer(tiny_vlm_path("llava_next"), args, env="vlm_env_ppo/ColorChoice-v0", callbacks=[AtSave()])
+    trainer.train()
+    resumed = {}
+
+    class AtResume(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            resumed.update(optimizer_and_rng_state(trainer2), step=state.global_step)
+            raise StopTraining
+
+    trainer2 = VLMPPOTrainer(
+        tiny_vlm_path("llava_next"), args, env="vlm_env_ppo/ColorChoice-v0", callbacks=[AtResume()]
+    )
+    checkpoint = os.path.join(args.output_dir, "checkpoint-1")
+    with mock.patch.object(VLMPPOTrainer, "_load_scaler", autospec=True) as load_scaler, pytest.raises(StopTraining):
+        trainer2.train(resume_from_checkpoint=checkpoint)
+    load_scaler.assert_called_once_with(trainer2, checkpoint)  # (no scaler on the CPU: fp32)
+    assert resumed["step"] == 1
+    assert saved["optimizer"] and resumed["optimizer"].keys() == saved["optimizer"].keys()
+    for i, tensors in saved["optimizer"].items():
+        assert tensors.keys() == resumed["optimizer"][i].keys()
+        assert all(torch.equal(v, resumed["optimizer"][i][k]) for k, v in tensors.items())
+    assert resumed["lr"] == saved["lr"] and saved["lr"][0] < args.learning_rate  # the linear decay had begun
+    assert torch.equal(resumed["torch"], saved["torch"]) and resumed["python"] == saved["python"]
+    numpy_saved, numpy_resumed = saved["numpy"], resumed["numpy"]
+    assert numpy_resumed[0] == numpy_saved[0] and np.array_equal(numpy_resumed[1], numpy_saved[1])
+    assert numpy_resumed[2:] == numpy_saved[2:]
+
+
+def test_periodic_push_uploads_a_complete_loadable_folder(tiny_vlm_path, tmp_path):
+    """With ``push_to_hub``, every checkpoint is also uploaded (the network is mocked at `hf_api`); each upload must be
+    an agent folder that loads and continues training."""
+    api = mock.MagicMock()
+    api.create_repo.return_value = mock.MagicMock(repo_id="someone/numberline-agent")
+    pushes = []
+
+    def upload_folder(repo_id, folder_path, ignore_patterns=None, path_in_repo=None, **kwargs):
+        # What the Hub receives: a copy of the folder now (later saves change it), without the ignored paths.
+        copy = tmp_path / f"push-{len(pushes)}"
+        for file in Path(folder_path).rglob("*"):
+            relative = file.relative_to(folder_path).as_posix()
+            if file.is_file() and not any(fnmatch.fnmatch(relative, p) for p in ignore_patterns or ()):
+                (copy / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(file, copy / relative)
+        pushes.append((repo_id, path_in_repo, copy))
+        return mock.MagicMock()
+
+    api.upload_folder.side_effect = upload_folder
+    args = make_args(
+        tmp_path, push_to_hub=True, hub_model_id="someone/numberline-agent", save_strategy="steps", save_steps=1
+    )
+    with mock.patch("transformers.trainer.hf_api", return_value=api):
+        trainer = VLMPPOTrainer(
+            tiny_vlm_path("llava_next"), args, env="gym_cards/NumberLine-v0",
+            peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"),
+        )  # fmt: skip
+        (Path(args.output_dir) / "_tmp-checkpoint-7").mkdir(parents=True)  # a crash's leftover: removed, never pushed
+        trainer.train()
+    assert [(repo, where) for repo, where, _ in pushes] == [("someone/numberline-agent", None)] * args.num_updates
+    folder = pushes[-1][2]
+    names = set(os.listdir(folder))
+    assert {"adapter_model.safetensors", "value_head.safetensors", "vlm_env_ppo.json", "README.md"} <= names
+    assert not any(n.startswith(("_", "checkpoint-")) for n in names)
+    checkpoint = Path(args.output_dir) / f"checkpoint-{args.num_updates}"
+    assert (folder / "value_head.safetensors").read_bytes() == (checkpoint / "value_head.safetensors").read_bytes()
+    card = (folder / "README.md").read_text()
+    assert "vlm-env-ppo agent" in card and 'VLMAgent.from_pretrained("someone/numberline-agent")' in card
+    agent = VLMAgent.from_pretrained(str(folder))
+    obs, infos = observations("gym_cards/NumberLine-v0", 2, seed=0)
+    assert len(agent.value(obs, infos)) == 2
+    again = VLMPPOTrainer(str(folder), make_args(tmp_path / "b"), env="gym_cards/NumberLine-v0")
+    again.train()
+    assert again.is_peft and np.isfinite(again.state.log_history[-1]["losses/policy_loss"])
+
+
+def test_episode_statistics_start_afresh_when_train_resets_the_envs(tiny_vlm_path, tmp_path):
+    """`train` resets the envs, cutting the episodes in progress: steps collected before (here by a rollout collected
+    by hand) must not be counted in the lengths and returns of the next episodes."""
+    from distributed_script import UnevenEnv
+
+    args = make_args(tmp_path)  # 2 updates of 2 steps x 2 envs
+    trainer = VLMPPOTrainer(
+        tiny_vlm_path("llava_next"), args, env=lambda: UnevenEnv(3, truncate=False, reward=1.0), task=COLOR_CHOICE
+    )
+    start_rollout(trainer)
+    trainer.collect_rollout()  # 2 steps into each env's first episode
+    trainer.train()  # each env's first episode after the reset ends at its 3rd step, in update 2
+    ended = [h for h in trainer.state.log_history if h.get("env/episodes")]
+    assert [(h["env/episodes"], h["env/episode_length"], h["env/episode_return"]) for h in ended] == [(2, 3.0, 3.0)]

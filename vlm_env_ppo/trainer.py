@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import time
@@ -31,6 +32,7 @@ from torch import nn
 from transformers import AutoProcessor, PreTrainedModel, TrainerCallback, TrainerState, set_seed
 from transformers.trainer_utils import (
     PREFIX_CHECKPOINT_DIR,
+    HubStrategy,
     get_last_checkpoint,
     rotate_checkpoints,
 )
@@ -88,6 +90,26 @@ logger = logging.getLogger(__name__)
 
 TRAINER_STATE_NAME = "trainer_state.json"
 RUN_STATE = "vlm_env_ppo_state.json"
+# Where `_save_checkpoint` writes before the rename into place. The leading "_" keeps them out of `push_to_hub`'s
+# uploads (Trainer ignores "_*") and out of the "checkpoint-*" globs of rotation and `get_last_checkpoint`.
+TMP_CHECKPOINT, OLD_CHECKPOINT = "_tmp-", "_old-"
+
+
+def rng_states() -> dict:
+    """The global RNG states: python, numpy, torch CPU and every CUDA device."""
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    """Restore what `rng_states` returned."""
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.random.set_rng_state(states["cpu"])
+    if "cuda" in states:
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class NumericFaultError(RuntimeError):
@@ -294,6 +316,8 @@ class VLMPPOTrainer(BaseTrainer):
         self._env_errors_before = 0  # env errors of the run before a resume (the env wrappers count this process's)
         self._output_faults: dict[str, int] = {}  # per rollout: invalid outputs by reason, truncated completions
         self._nonfinite_samples = 0  # per rollout
+        self._agent_files: list[str] = []  # what `save_model` wrote into the last checkpoint (the periodic push's)
+        self._last_checkpoint: str | None = None  # the last checkpoint this trainer wrote
 
     def _validate_inputs(self, args: VLMPPOConfig, policy, processing_class) -> None:
         """Errors in the model/processor/env/task combination, raised before any compute (docs/errors.md)."""
@@ -818,6 +842,9 @@ class VLMPPOTrainer(BaseTrainer):
         fresh rollout (envs reset on new seeds), so it reaches the same total env steps but not bit-identical ones.
         """
         args = self.args
+        if args.should_save:
+            self._clean_up_interrupted_saves()
+        self.accelerator.wait_for_everyone()  # before any process looks for the last checkpoint
         if resume_from_checkpoint is True:
             resume_from_checkpoint = get_last_checkpoint(args.output_dir)
             if resume_from_checkpoint is None:
@@ -841,9 +868,12 @@ class VLMPPOTrainer(BaseTrainer):
         # A resumed run resets its envs on seeds no earlier update used.
         obs, infos = self.envs.reset(seed=self.env_seed + 7919 * self.state.global_step)
         self._obs, self._infos = obs, unbatch_infos(infos, args.num_envs)
+        # The episodes in progress were cut by the reset: their returns and lengths must not leak into the next ones.
+        self.episode_stats = EpisodeStats(args.num_envs, total_episodes=self.episode_stats.total_episodes)
         start_time = time.time()
         for update in range(self.state.global_step, args.num_updates):
             update_start, steps_before = time.time(), self.env_steps
+            start = self._run_state(), rng_states(), self.lr_scheduler.last_epoch  # see `_stop_with_checkpoint`
             self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
 
             try:
@@ -851,10 +881,13 @@ class VLMPPOTrainer(BaseTrainer):
                 batch = self.collect_rollout()
                 # 2. Advantages: GAE with truncation bootstrap, whitened over all processes.
                 self.compute_advantages(batch)
+            except (EnvFaultError, NumericFaultError) as err:
+                self._stop_with_checkpoint(err, start, in_update=False)
+            try:
                 # 3. PPO epochs over shuffled minibatches.
                 update_stats = self.ppo_update(batch)
             except (EnvFaultError, NumericFaultError) as err:
-                self._stop_with_checkpoint(err, steps_before)
+                self._stop_with_checkpoint(err, start, in_update=True)
             # 4. Log, evaluate, save.
             self.state.global_step += 1
             self.state.epoch = self.env_steps / args.total_env_steps
@@ -888,7 +921,7 @@ class VLMPPOTrainer(BaseTrainer):
         """Play ``num_episodes`` (default ``args.eval_episodes``) fresh episodes on seeds ``seed, seed + 1, ...``
         (default ``args.eval_seed``) with the current policy, greedy unless ``args.eval_greedy`` is False; logs and
         returns ``eval/success_rate``, ``eval/episode_return``, ``eval/episode_length``, ``eval/invalid_action_rate``.
-        The training envs and their RNG are left untouched.
+        The training envs and the global RNG states (python, numpy, torch, CUDA) are left as they were.
 
         With several processes and replicated weights (DDP), each process plays its share of the episodes
         (``k ≡ rank mod world size``) and the results are merged, so every process returns the same metrics for the
@@ -901,24 +934,30 @@ class VLMPPOTrainer(BaseTrainer):
         make_env = self.envs.env_fns[0] if hasattr(self.envs, "env_fns") else None
         if make_env is None:
             raise ValueError("evaluate() needs an env factory: pass the env as an id or a factory, not a VectorEnv.")
-        torch_state = torch.random.get_rng_state()
         share = None
         if self._shard_evaluation():
             share = range(self.accelerator.process_index, num_episodes, self.accelerator.num_processes)
-        result = evaluate_episodes(
-            lambda obs, infos: self.act(obs, infos, greedy=greedy, score=False).parsed,
-            make_env,
-            num_episodes,
-            seed,
-            batch_size=args.num_envs,
-            task=self.task,
-            episode_indices=share,
-        )
+        # `evaluate_episodes` seeds every global RNG (`set_seed(seed)`): without the restore, every rollout after a
+        # periodic evaluation would replay the same random streams.
+        rng = rng_states()
+        try:
+            result = evaluate_episodes(
+                lambda obs, infos: self.act(obs, infos, greedy=greedy, score=False).parsed,
+                make_env,
+                num_episodes,
+                seed,
+                batch_size=args.num_envs,
+                task=self.task,
+                episode_indices=share,
+            )
+        finally:
+            set_rng_states(rng)
         if share is not None:
             result = EvalResult.from_episodes([e for part in gather_object([result.episodes]) for e in part])
-        torch.random.set_rng_state(torch_state)
         metrics = result.metrics(metric_key_prefix)
-        self.last_eval = metrics
+        # The model card, `vlm_env_ppo.json` and the CLI read the last evaluation under the "eval/" keys, whatever
+        # prefix this call logged it under.
+        self.last_eval = result.metrics("eval")
         self.log(metrics)
         return metrics
 
@@ -1013,15 +1052,18 @@ class VLMPPOTrainer(BaseTrainer):
         write_model_card(self, output_dir)
 
     def _save_checkpoint(self, model, trial) -> None:
-        """Write ``checkpoint-N`` atomically: everything goes to a hidden temporary folder that is renamed into place
-        only when complete, so a crash mid-save leaves the previous checkpoints untouched and loadable."""
+        """Write ``checkpoint-N`` atomically: everything goes to a temporary ``_tmp-checkpoint-N`` folder that is
+        renamed into place only when complete, so a crash mid-save leaves the previous checkpoints untouched and
+        loadable (`train` cleans up what a crash left)."""
         args = self.args
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        final, tmp = os.path.join(args.output_dir, name), os.path.join(args.output_dir, f".tmp-{name}")
+        final, tmp = os.path.join(args.output_dir, name), os.path.join(args.output_dir, TMP_CHECKPOINT + name)
         if args.should_save and os.path.isdir(tmp):
             shutil.rmtree(tmp)  # left over from a crash
         self.accelerator.wait_for_everyone()
         self.save_model(tmp, _internal_call=True)
+        if args.should_save:
+            self._agent_files = sorted(os.listdir(tmp))
         if not args.save_only_model:
             self._save_optimizer_and_scheduler(tmp)
             self._save_scaler(tmp)
@@ -1033,7 +1075,7 @@ class VLMPPOTrainer(BaseTrainer):
         self.accelerator.wait_for_everyone()
         if args.should_save:
             if os.path.isdir(final):  # re-saving the same step: move the old one aside first
-                old = os.path.join(args.output_dir, f".old-{name}")
+                old = os.path.join(args.output_dir, OLD_CHECKPOINT + name)
                 shutil.rmtree(old, ignore_errors=True)
                 os.replace(final, old)
                 os.replace(tmp, final)
@@ -1047,8 +1089,26 @@ class VLMPPOTrainer(BaseTrainer):
                 use_mtime=False,
             )
         self.accelerator.wait_for_everyone()
+        self._last_checkpoint = final
         if args.push_to_hub:
             self._push_from_checkpoint(final)
+
+    def _clean_up_interrupted_saves(self) -> None:
+        """Remove the temporary folders of a save that a crash interrupted (also the ``.tmp-``/``.old-`` names of
+        earlier versions). An ``_old-checkpoint-N`` whose ``checkpoint-N`` is missing is the only copy of that
+        checkpoint (the crash came between the two renames of a re-save): it is moved back instead."""
+        if not os.path.isdir(self.args.output_dir):
+            return
+        for entry in os.listdir(self.args.output_dir):
+            match = re.fullmatch(rf"[._](tmp|old)-({PREFIX_CHECKPOINT_DIR}-\d+)", entry)
+            path = os.path.join(self.args.output_dir, entry)
+            if match is None or not os.path.isdir(path):
+                continue
+            final = os.path.join(self.args.output_dir, match.group(2))
+            if match.group(1) == "old" and not os.path.exists(final):
+                os.replace(path, final)
+            else:
+                shutil.rmtree(path)
 
     def _run_state(self) -> dict:
         """What a resumed run needs beyond Trainer's state: env-step and episode counters and the fallback RNG."""
@@ -1069,27 +1129,51 @@ class VLMPPOTrainer(BaseTrainer):
         self._load_optimizer_and_scheduler(checkpoint)
         self.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
         self._load_rng_state(checkpoint)
+        self._load_scaler(checkpoint)
         with open(os.path.join(checkpoint, RUN_STATE)) as f:
-            run_state = json.load(f)
+            self._load_run_state(json.load(f))
+        logger.info("Resumed from %s at update %d, %d env steps.", checkpoint, self.state.global_step, self.env_steps)
+
+    def _load_run_state(self, run_state: dict) -> None:
+        """Set the counters and the fallback RNG from a `_run_state` (a checkpoint's, or one kept in memory)."""
         self.env_steps = run_state["env_steps"]
         self.episode_stats.total_episodes = run_state["total_episodes"]
         self.parse_errors = run_state["parse_errors"]
         self._env_errors_before += run_state.get("env_errors", 0) - self.env_errors  # older checkpoints lack them
         self.skipped_minibatches = run_state.get("skipped_minibatches", 0)
         self._np_rng.bit_generator.state = run_state["np_rng"]
-        logger.info("Resumed from %s at update %d, %d env steps.", checkpoint, self.state.global_step, self.env_steps)
 
-    def _stop_with_checkpoint(self, err: EnvFaultError | NumericFaultError, env_steps: int) -> None:
-        """Write ``checkpoint-<global_step>`` and re-raise ``err`` naming it (issue 7: stop cleanly, lose nothing).
+    def _stop_with_checkpoint(
+        self, err: EnvFaultError | NumericFaultError, start: tuple[dict, dict, int], in_update: bool
+    ) -> None:
+        """Make sure a checkpoint holds the state training stopped at, and re-raise ``err`` naming it (issue 7: stop
+        cleanly, lose nothing). Its weights, optimizer, schedule, RNG states and counters all describe the same
+        point, and no checkpoint this run wrote is overwritten with another state.
 
-        The checkpoint holds the weights as they are: every optimizer step taken so far, none from a skipped
-        minibatch. The interrupted rollout is not in it (as for any checkpoint, see `train`), so the env-step counter
-        goes back to where this update started.
+        ``start`` is the update's start: `_run_state`, `rng_states` and the scheduler's step count.
+
+        - A fault in the rollout (env faults) comes before any training in the update: counters and RNG states go
+          back to the update's start, so the state is the one after update N (``global_step``), which is
+          ``checkpoint-N``. If this trainer has just written it, it is kept as it is; otherwise it is written.
+        - A fault in the PPO epochs (numeric faults) comes after the whole rollout and possibly some optimizer steps:
+          the update ends there, as if its remaining minibatches were skipped (the LR schedule goes to the update's
+          end), and counts as update N + 1. ``checkpoint-<N+1>`` holds the weights as they are (every optimizer step
+          taken, none from a skipped minibatch) and counters that include the rollout.
         """
-        self.env_steps = env_steps
+        run_state, rng, lr_steps = start
+        if in_update:
+            for _ in range(self.args.optimizer_steps_per_update - (self.lr_scheduler.last_epoch - lr_steps)):
+                self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)  # the failed minibatch's
+            self.state.global_step += 1
+            self.state.epoch = self.env_steps / self.args.total_env_steps
+        else:
+            self._load_run_state(run_state)
+            set_rng_states(rng)
         path = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         try:
-            self._save_checkpoint(self.model, trial=None)
+            if self._last_checkpoint != path:
+                self._save_checkpoint(self.model, trial=None)
         except Exception as save_err:  # noqa: BLE001 - reported inside the fault error, which is what matters
             err.args = (f"{err} Writing a checkpoint failed too: {save_err!r}.",)
             raise err  # keeps its cause (the env's or the loss's error); the save error is its context
@@ -1102,6 +1186,27 @@ class VLMPPOTrainer(BaseTrainer):
         )
         raise err
 
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """The periodic push. `Trainer`'s copies its own list of model files from the checkpoint into ``output_dir``
+        and uploads that folder, which would lack the value head, ``vlm_env_ppo.json`` and the card: first copy every
+        file `save_model` wrote into the checkpoint, and write the card, so that every push loads as an agent and
+        continues training."""
+        args, in_progress = self.args, getattr(self, "push_in_progress", None)
+        # Trainer's own conditions: only the main process pushes, and not while the previous upload still reads
+        # ``output_dir`` (unless hub_always_push), so copy nothing then either.
+        if (
+            self.is_world_process_zero()
+            and args.hub_strategy != HubStrategy.END
+            and (args.hub_always_push or in_progress is None or in_progress.is_done())
+        ):
+            for name in self._agent_files:
+                source, target = os.path.join(checkpoint_folder, name), os.path.join(args.output_dir, name)
+                if os.path.isdir(source):
+                    shutil.copytree(source, target, dirs_exist_ok=True)
+                else:
+                    shutil.copy(source, target)
+            self.create_model_card()
+        super()._push_from_checkpoint(checkpoint_folder)
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **kwargs):
         """Used by `push_to_hub`: the agent's model card (env, base model, method, last evaluation)."""
@@ -1144,11 +1249,12 @@ def write_model_card(trainer: VLMPPOTrainer, output_dir: str) -> None:
         paper_id=trainer._paper["id"],
     )
     last = getattr(trainer, "last_eval", None) or {}
+    keys = ("success_rate", "episode_return", "episode_length", "invalid_action_rate", "episodes")
     evaluation = (
         f"success rate {last['eval/success_rate']:.3f}, mean return {last['eval/episode_return']:.3f}, mean episode "
         f"length {last['eval/episode_length']:.2f}, invalid-action rate {last['eval/invalid_action_rate']:.3f} over "
         f"{last['eval/episodes']} episodes"
-        if last
+        if all(last.get(f"eval/{k}") is not None for k in keys)  # a save must not fail on the card
         else "not evaluated yet (run `trainer.evaluate()` before saving)"
     )
     section = (
