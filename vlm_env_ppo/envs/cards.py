@@ -84,12 +84,12 @@ def draw_suit(draw: ImageDraw.ImageDraw, center: tuple[float, float], size: floa
         raise ValueError(f"Unknown suit {suit!r}; expected one of {SUITS}.")
 
 
-def draw_card(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], label: str, suit: str) -> None:
+def draw_card(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], label: str, suit: str, line: int = 2) -> None:
     """Draw a face-up card in ``box`` (left, top, right, bottom): a white rounded rectangle with the rank in the
     top-left and bottom-right corners, a small suit under the top-left rank and a large suit in the middle."""
     left, top, right, bottom = box
     width, height = right - left, bottom - top
-    draw.rounded_rectangle(box, radius=max(3, width // 10), fill=CARD_WHITE, outline=CARD_EDGE, width=2)
+    draw.rounded_rectangle(box, radius=max(3, width // 10), fill=CARD_WHITE, outline=CARD_EDGE, width=line)
     color = RED if suit in ("hearts", "diamonds") else BLACK
     rank_size = max(10, int(width * (0.3 if len(label) == 1 else 0.27)))
     corner = max(4, width // 14)
@@ -100,11 +100,11 @@ def draw_card(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], label: 
     draw_suit(draw, (left + width / 2, top + height / 2 + 0.03 * height), 0.42 * width, suit)
 
 
-def draw_card_back(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int]) -> None:
+def draw_card_back(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], line: int = 2) -> None:
     """Draw a face-down card in ``box``: a white border around a blue back with a diagonal lattice."""
     left, top, right, bottom = box
     width = right - left
-    draw.rounded_rectangle(box, radius=max(3, width // 10), fill=CARD_WHITE, outline=CARD_EDGE, width=2)
+    draw.rounded_rectangle(box, radius=max(3, width // 10), fill=CARD_WHITE, outline=CARD_EDGE, width=line)
     inset = max(3, width // 12)
     inner = (left + inset, top + inset, right - inset, bottom - inset)
     draw.rectangle(inner, fill=CARD_BACK)
@@ -119,22 +119,28 @@ def draw_card_back(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int]) ->
                 draw.line(
                     [(x0 + direction * t0, inner[1] + t0), (x0 + direction * t1, inner[1] + t1)],
                     fill=(90, 120, 200),
-                    width=1,
+                    width=max(1, line // 2),
                 )
+
+
+SUPERSAMPLE = 4
 
 
 @functools.lru_cache(maxsize=512)
 def card_image(label: str | None, suit: str | None, width: int, height: int) -> Image.Image:
     """A card sprite (RGBA, transparent outside the rounded corners): face up, or face down when ``label`` is
-    `None`. Cached, so a frame is a few pastes instead of redrawing text and shapes every step."""
-    image = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+    `None`. Drawn at `SUPERSAMPLE` times the size and scaled down, so the small corner suits stay distinct (a club's
+    three lobes merged into a spade-like blob at 1×). Cached, so a frame is a few pastes instead of redrawing text and
+    shapes every step."""
+    s = SUPERSAMPLE
+    image = Image.new("RGBA", (width * s, height * s), (0, 0, 0, 0))
     draw = ImageDraw.Draw(image)
-    box = (0, 0, width - 1, height - 1)
+    box = (0, 0, width * s - 1, height * s - 1)
     if label is None:
-        draw_card_back(draw, box)
+        draw_card_back(draw, box, line=2 * s)
     else:
-        draw_card(draw, box, label, suit)
-    return image
+        draw_card(draw, box, label, suit, line=2 * s)
+    return image.resize((width, height), Image.Resampling.LANCZOS)
 
 
 def paste_card(canvas: Image.Image, box: tuple[int, int, int, int], label: str | None, suit: str | None = None) -> None:
