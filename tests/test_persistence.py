@@ -165,8 +165,11 @@ def test_sigkill_mid_run_then_resume(tiny_vlm_path, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     before = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
     assert before and before[-1] < updates, "the run should have been killed mid-way"
-    for step in before:  # no checkpoint is corrupt
+    for step in before:  # no checkpoint is corrupt: the agent and the resume state all load
         VLMAgent.from_pretrained(str(out / f"checkpoint-{step}"))
+        for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+            assert torch.load(out / f"checkpoint-{step}" / name, weights_only=False) is not None
+        json.loads((out / f"checkpoint-{step}" / "trainer_state.json").read_text())
     last_state = json.loads((out / f"checkpoint-{before[-1]}" / "vlm_env_ppo_state.json").read_text())
     assert last_state["env_steps"] == before[-1] * 32
 
