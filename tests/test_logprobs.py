@@ -107,3 +107,32 @@ def test_unparsed_completion_is_weighted_as_action_and_padding_is_zero():
     tok = TOKENIZERS["bytes"]()
     assert action_token_index(tok, tok.encode("abc"), None) == 0
     assert action_token_index(tok, tok.encode("abc"), 10) == 3  # action part past the end: all CoT
+
+
+def test_suppressed_tokens_are_excluded_from_the_scored_distribution():
+    """Completions are sampled with special/image tokens suppressed, so their log-probs must be those of the softmax
+    renormalised over the other tokens: equal to a log-softmax with the suppressed logits at -inf, gradient too."""
+    from trl.trainer.utils import selective_log_softmax
+
+    from vlm_env_ppo.models.value_head import exclude_suppressed
+
+    torch.manual_seed(0)
+    vocab, temperature = 50, 0.7
+    suppressed = torch.tensor([0, 3, 7, 49, 120])  # 120 is outside this vocab (a processor id the head lacks): ignored
+    logits = (3 * torch.randn(2, 6, vocab)).requires_grad_()
+    with torch.no_grad():
+        logits[..., 3] += 4.0  # the model puts much of its mass on a token it can never sample
+    allowed = torch.tensor([i for i in range(vocab) if i not in suppressed.tolist()])
+    tokens = allowed[torch.randint(len(allowed), (2, 6))]
+
+    full = selective_log_softmax(logits, tokens, temperature=temperature)
+    ours = exclude_suppressed(full, logits, tokens, suppressed, temperature)
+    masked = (logits / temperature).index_fill(-1, suppressed[suppressed < vocab], float("-inf"))
+    reference = torch.log_softmax(masked, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    assert (ours >= full - 1e-6).all() and (ours - full).max() > 1.0, "the suppressed mass was not removed"
+    (grad_ours,) = torch.autograd.grad(ours.sum(), logits)
+    (grad_reference,) = torch.autograd.grad(reference.sum(), logits)
+    torch.testing.assert_close(grad_ours, grad_reference, atol=1e-5, rtol=1e-5)
+    # tokens that can never be sampled take no part in the objective
+    assert grad_ours[..., suppressed[suppressed < vocab]].abs().max() < 1e-6

@@ -132,10 +132,11 @@ def nonfinite_samples(batch: RolloutBatch) -> torch.Tensor:
 class PolicyAndValue(nn.Module):
     """The VLM (possibly a PEFT model) and its value head as one module, so optimizer, DDP and checkpoints see both."""
 
-    def __init__(self, policy: PreTrainedModel | PeftModel, value_head: ValueHead):
+    def __init__(self, policy: PreTrainedModel | PeftModel, value_head: ValueHead, suppressed_ids=()):
         super().__init__()
         self.policy = policy
         self.value_head = value_head
+        self.suppressed_ids = torch.tensor(list(suppressed_ids), dtype=torch.long)  # not a buffer: not checkpointed
         self.config = policy.config
         # FSDP's transformer auto-wrap policy reads the layer classes to shard from here (accelerate fsdp_utils), and
         # raises on a class the model does not contain (LLaVA lists CLIPTextEmbeddings), so keep the present ones.
@@ -145,7 +146,8 @@ class PolicyAndValue(nn.Module):
 
     def forward(self, prompt_inputs, completion_ids, completion_mask, temperature, compute_entropy=False):
         return policy_forward(
-            self.policy, self.value_head, prompt_inputs, completion_ids, completion_mask, temperature, compute_entropy
+            self.policy, self.value_head, prompt_inputs, completion_ids, completion_mask, temperature, compute_entropy,
+            suppressed_ids=self.suppressed_ids,
         )
 
 
@@ -274,7 +276,11 @@ class VLMPPOTrainer(BaseTrainer):
             value_head = load_value_head(model)
         else:
             value_head = ValueHead(text_hidden_size(policy.config), args.value_head_hidden_sizes)
-        wrapper = PolicyAndValue(policy, value_head)
+        self.eos_token_ids = eos_token_ids(policy, tokenizer)
+        self.suppress_token_ids = generation_suppress_token_ids(
+            processing_class, policy.config, keep_ids=self.eos_token_ids
+        )
+        wrapper = PolicyAndValue(policy, value_head, self.suppress_token_ids)
 
         super().__init__(
             model=wrapper,
@@ -304,10 +310,6 @@ class VLMPPOTrainer(BaseTrainer):
 
         self.env_seed = args.seed + self.accelerator.process_index * args.num_envs
         self._np_rng = np.random.default_rng(self.env_seed)
-        self.eos_token_ids = eos_token_ids(policy, tokenizer)
-        self.suppress_token_ids = generation_suppress_token_ids(
-            processing_class, policy.config, keep_ids=self.eos_token_ids
-        )
         self.episode_stats = EpisodeStats(args.num_envs)
         self.env_steps = 0
         self.parse_errors = 0
@@ -533,15 +535,19 @@ class VLMPPOTrainer(BaseTrainer):
         return out
 
     def _ref_logprobs(self, inputs, completion_ids, completion_mask) -> torch.Tensor:
+        # The reference is scored like the policy: renormalised over the tokens generation can sample.
+        suppressed = self.accelerator.unwrap_model(self.model).suppressed_ids
         if self.is_peft:
             policy = self.accelerator.unwrap_model(self.model).policy
             with policy.disable_adapter():
                 ref_logprobs, _, _ = policy_forward(
-                    policy, None, inputs, completion_ids, completion_mask, self.args.temperature
+                    policy, None, inputs, completion_ids, completion_mask, self.args.temperature,
+                    suppressed_ids=suppressed,
                 )
             return ref_logprobs
         ref_logprobs, _, _ = policy_forward(
-            self.ref_model, None, inputs, completion_ids, completion_mask, self.args.temperature
+            self.ref_model, None, inputs, completion_ids, completion_mask, self.args.temperature,
+            suppressed_ids=suppressed,
         )
         return ref_logprobs
 

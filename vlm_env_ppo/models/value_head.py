@@ -69,14 +69,18 @@ def policy_forward(
     completion_mask: torch.Tensor,
     temperature: float,
     compute_entropy: bool = False,
+    suppressed_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """One forward of the VLM on ``prompt + completion``.
 
     Prompts are left-padded and completions right-padded, so the last prompt token is at index ``P - 1`` for every
     row. Only the ``C + 1`` last positions get logits (``logits_to_keep``), not the whole image-laden prompt.
+    ``suppressed_ids``: the token ids generation never samples; log-probs are then those of the softmax renormalised
+    over the other tokens, the distribution the completions were sampled from (`exclude_suppressed`).
 
     Returns:
-        ``per_token_logprobs`` ``(batch, C)`` at ``temperature`` (0 on padding), ``entropy`` ``(batch, C)`` or None,
+        ``per_token_logprobs`` ``(batch, C)`` at ``temperature`` (0 on padding), ``entropy`` ``(batch, C)`` or None
+        (of the full softmax; it is only logged),
         ``values`` ``(batch,)`` from the value head on the last prompt token's final hidden state, or None when
         ``value_head`` is None.
     """
@@ -100,9 +104,32 @@ def policy_forward(
     else:
         logprobs = selective_log_softmax(logits.float(), completion_ids, temperature=temperature)
         entropy = None
+    if suppressed_ids is not None and suppressed_ids.numel():
+        logprobs = exclude_suppressed(logprobs, logits, completion_ids, suppressed_ids, temperature)
     logprobs = logprobs * completion_mask
     values = None
     if value_head is not None:
         last_prompt_hidden = outputs.hidden_states[-1][:, prompt_len - 1, :]  # (batch, hidden)
         values = value_head(last_prompt_hidden)
     return logprobs, entropy, values
+
+
+def exclude_suppressed(
+    logprobs: torch.Tensor, logits: torch.Tensor, token_ids: torch.Tensor, suppressed_ids: torch.Tensor, temperature
+) -> torch.Tensor:
+    """``log p(x)`` of the full softmax at ``temperature`` → ``log p(x | x not suppressed) = log p(x) − log(1 − p(S))``.
+
+    Only the ``|S|`` suppressed columns are read (``S`` is small: special and image tokens), never a second
+    ``(batch, C, vocab)`` tensor. The gradient is that of the renormalised distribution: none reaches the suppressed
+    logits, which the sampled policy does not depend on.
+    """
+    ids = suppressed_ids.to(logits.device)
+    ids = ids[ids < logits.shape[-1]]
+    chosen = logits.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1).float() / temperature
+    log_normalizer = chosen - logprobs  # logsumexp of the full row at `temperature`
+    log_p_suppressed = torch.logsumexp(logits.index_select(-1, ids).float() / temperature, dim=-1) - log_normalizer
+    # log(1 - p(S)) as log(-expm1(log p(S))), exact near p(S) = 1 too; the clamp keeps p(S) = 1 (every other token at
+    # probability 0) finite. When p(S) is close to 1, the subtraction above costs relative precision; rollout and
+    # update compute the same numbers, so PPO's ratio is unaffected.
+    return logprobs - torch.log(-torch.expm1(log_p_suppressed.clamp(max=-1e-6)))
+
