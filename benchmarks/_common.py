@@ -1,7 +1,7 @@
 """What every CPU benchmark shares: one tiny model, one env, one seed, one completion length, and a timer.
 
-Completions are forced to exactly ``max_new_tokens`` tokens (``min_new_tokens`` in the model's generation config,
-which `generate` honours on both sides of every comparison), so the two sides of a ratio do identical work.
+Completions are forced to exactly ``max_new_tokens`` tokens (EOS is never sampled), so the two sides of a ratio do
+identical work.
 """
 
 from __future__ import annotations
@@ -39,8 +39,15 @@ def make_setup(max_new_tokens: int, threads: int, workdir: str | None = None) ->
 
 
 def force_length(model, max_new_tokens: int) -> None:
-    """Every completion gets exactly ``max_new_tokens`` tokens: EOS is masked until then."""
+    """Every completion of a plain ``generate`` (TRL's GRPO) gets exactly ``max_new_tokens`` tokens."""
     model.generation_config.min_new_tokens = max_new_tokens
+
+
+def force_ppo_length(trainer) -> None:
+    """Every completion of ``trainer`` gets exactly ``max_new_tokens`` tokens: EOS joins the suppressed tokens (the
+    trainer pins `generate`'s settings, so the model's ``min_new_tokens`` would be ignored)."""
+    trainer.suppress_token_ids = sorted(set(trainer.suppress_token_ids) | set(trainer.eos_token_ids))
+    trainer.accelerator.unwrap_model(trainer.model).suppressed_ids = torch.tensor(trainer.suppress_token_ids)
 
 
 def ppo_trainer(setup: Setup, *, num_envs: int, num_steps: int, callbacks=None, **overrides):
@@ -68,7 +75,7 @@ def ppo_trainer(setup: Setup, *, num_envs: int, num_steps: int, callbacks=None, 
     }
     kwargs.update(overrides)
     trainer = VLMPPOTrainer(setup.model_path, VLMPPOConfig(**kwargs), env=ENV_ID, callbacks=callbacks)
-    force_length(trainer.model.policy, setup.max_new_tokens)
+    force_ppo_length(trainer)
     obs, infos = trainer.envs.reset(seed=trainer.env_seed)
     trainer._obs, trainer._infos = obs, unbatch_infos(infos, num_envs)
     return trainer

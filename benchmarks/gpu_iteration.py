@@ -170,11 +170,12 @@ def main():
 
     from peft import LoraConfig
 
+    from _common import force_ppo_length
+
     from vlm_env_ppo import VLMPPOConfig, VLMPPOTrainer
     from vlm_env_ppo.rollout import unbatch_infos
 
     model, processor = build_model(cli, device)
-    model.generation_config.min_new_tokens = cli.max_new_tokens  # every completion is max_new_tokens long
     n = cli.num_envs * cli.num_steps
     args = VLMPPOConfig(
         output_dir=os.path.join(cli.workdir, "gpu-iteration"),
@@ -195,6 +196,7 @@ def main():
     )
     lora = LoraConfig(r=cli.lora_r, lora_alpha=2 * cli.lora_r, target_modules="all-linear")
     trainer = VLMPPOTrainer(model, args, env=ENV_ID, processing_class=processor, peft_config=lora)
+    force_ppo_length(trainer)  # every completion is max_new_tokens long
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
     print(f"trainable {trainable / 1e6:.1f}M of {total / 1e9:.2f}B parameters", flush=True)

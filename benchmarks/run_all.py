@@ -133,7 +133,7 @@ def main():
             "env": "gym_cards/NumberLine-v0",
             "seed": 0,
             "max_new_tokens": cli.max_new_tokens,
-            "completion_tokens": f"exactly {cli.max_new_tokens} (min_new_tokens)",
+            "completion_tokens": f"exactly {cli.max_new_tokens} (EOS never sampled)",
             "torch_threads": cli.threads,
         },
         "machine": {
