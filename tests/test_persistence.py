@@ -374,7 +374,7 @@ def test_periodic_push_uploads_a_complete_loadable_folder(tiny_vlm_path, tmp_pat
     checkpoint = Path(args.output_dir) / f"checkpoint-{args.num_updates}"
     assert (folder / "value_head.safetensors").read_bytes() == (checkpoint / "value_head.safetensors").read_bytes()
     card = (folder / "README.md").read_text()
-    assert "vlm-env-ppo agent" in card and 'VLMAgent.from_pretrained("someone/numberline-agent")' in card
+    assert "vlm-env-ppo agent" in card and f'VLMAgent.from_pretrained("{args.hub_model_id}")' in card
     agent = VLMAgent.from_pretrained(str(folder))
     obs, infos = observations("gym_cards/NumberLine-v0", 2, seed=0)
     assert len(agent.value(obs, infos)) == 2

@@ -145,6 +145,9 @@ class PolicyAndValue(nn.Module):
         self._no_split_modules = sorted(n for n in getattr(base, "_no_split_modules", None) or () if n in present)
 
     def forward(self, prompt_inputs, completion_ids, completion_mask, temperature, compute_entropy=False):
+        device = prompt_inputs["input_ids"].device
+        if self.suppressed_ids.device != device:  # moved once, not copied to the device on every forward
+            self.suppressed_ids = self.suppressed_ids.to(device)
         return policy_forward(
             self.policy, self.value_head, prompt_inputs, completion_ids, completion_mask, temperature, compute_entropy,
             suppressed_ids=self.suppressed_ids,

@@ -124,10 +124,13 @@ def exclude_suppressed(
     logits, which the sampled policy does not depend on.
     """
     ids = suppressed_ids.to(logits.device)
-    ids = ids[ids < logits.shape[-1]]
+    vocab = logits.shape[-1]
+    # Ids past the head's vocab (a processor's extra ids) are masked, not filtered out: a boolean filter would make
+    # the device wait for the host on every forward of the rollout and the update.
+    suppressed = logits.index_select(-1, ids.clamp(max=vocab - 1)).float().masked_fill(ids >= vocab, float("-inf"))
     chosen = logits.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1).float() / temperature
     log_normalizer = chosen - logprobs  # logsumexp of the full row at `temperature`
-    log_p_suppressed = torch.logsumexp(logits.index_select(-1, ids).float() / temperature, dim=-1) - log_normalizer
+    log_p_suppressed = torch.logsumexp(suppressed / temperature, dim=-1) - log_normalizer
     # log(1 - p(S)) as log(-expm1(log p(S))), exact near p(S) = 1 too; the clamp keeps p(S) = 1 (every other token at
     # probability 0) finite. When p(S) is close to 1, the subtraction above costs relative precision; rollout and
     # update compute the same numbers, so PPO's ratio is unaffected.
