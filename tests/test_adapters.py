@@ -175,6 +175,20 @@ def test_history_wrapper_keeps_the_last_turns_of_the_episode_only():
     assert info["history"] == [{"frame": None, "text": text_env.unwrapped.reset(seed=0)[0], "action": "take key"}]
 
 
+def test_history_reaches_the_last_info_of_an_episode():
+    """The info of the step that ends an episode (the vector env's ``final_info``, with which a truncated episode's
+    final observation is valued) carries the episode's history like every other step; the next reset starts empty."""
+    env = HistoryWrapper(make_env("FrozenLake-v1", is_slippery=False, max_episode_steps=3), length=2,
+                         action_names=("left", "down", "right", "up"))
+    env.reset(seed=0)
+    steps = [env.step(action) for action in (0, 0, 2)]  # left, left (stays in the corner), right: time limit
+    assert [(s[2], s[3]) for s in steps] == [(False, False), (False, False), (False, True)]
+    infos = [s[-1] for s in steps]
+    assert [len(i["history"]) for i in infos] == [1, 2, 2]
+    assert [turn["action"] for turn in infos[-1]["history"]] == ["left", "right"]
+    assert env.reset(seed=0)[1]["history"] == []
+
+
 def test_history_turns_become_chat_turns_and_split_per_prompt(tiny_vlm_path):
     processor = AutoProcessor.from_pretrained(tiny_vlm_path("llava_next"))
     env = HistoryWrapper(make_env(MINIGRID), length=2, action_names=MINIGRID_ACTIONS)

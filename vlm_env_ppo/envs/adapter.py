@@ -189,9 +189,13 @@ class HistoryWrapper(gym.Wrapper):
                 {"frame": frame, "text": str(info.get(OBSERVATION_TEXT, "")), "action": self._action_text(action)}
             )
         observation, reward, terminated, truncated, info = self.env.step(action)
+        # The episode's last info carries its history like every other step's: the vector env hands it on as
+        # ``final_info``, and a truncated episode's final observation is valued with it (its prompt must look like
+        # the prompts of the rest of the episode). The turns are cleared after it is built, not before.
+        info = self._with_history(observation, info)[1]
         if terminated or truncated:
             self._turns.clear()
-        return (observation, reward, terminated, truncated, *self._with_history(observation, info)[1:])
+        return observation, reward, terminated, truncated, info
 
 
 def adapt_env(env: gym.Env) -> gym.Env:
