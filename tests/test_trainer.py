@@ -66,6 +66,29 @@ def test_update_logprobs_equal_rollout_logprobs(tiny_vlm_path, tmp_path, monkeyp
     assert_update_path_has_ratio_one(trainer, batch, monkeypatch)
 
 
+def test_attention_dropout_in_the_checkpoint_does_not_change_the_update_ratio(tiny_vlm_path, tmp_path, monkeypatch):
+    """A checkpoint with attention dropout in its text and vision configs: transformers applies it functionally in
+    train mode (not through `nn.Dropout`), so unless the trainer zeroes it the update scores differently from the
+    rollout (ratio 1.0073 at step 0 before the fix)."""
+    import json
+    import shutil
+
+    path = tmp_path / "dropout-model"
+    shutil.copytree(tiny_vlm_path("llava_next"), path)
+    config = json.loads((path / "config.json").read_text())
+    config["text_config"]["attention_dropout"] = 0.3
+    config["vision_config"]["attention_dropout"] = 0.3
+    (path / "config.json").write_text(json.dumps(config))
+    args = make_args(tmp_path, num_envs=3, num_steps=2, total_env_steps=6, max_new_tokens=12)
+    trainer = VLMPPOTrainer(str(path), args, env="gym_cards/EZPoints-v0")
+    policy = trainer.model.policy
+    assert policy.config.text_config.attention_dropout == 0.0 and policy.config.vision_config.attention_dropout == 0.0
+    floats = [(n, k) for n, m in policy.named_modules() for k, v in vars(m).items() if "dropout" in k and v == 0.3]
+    assert not floats, f"dropout rates left in modules: {floats[:3]}"
+    start_rollout(trainer)
+    assert_update_path_has_ratio_one(trainer, trainer.collect_rollout(), monkeypatch)
+
+
 def assert_update_matches_rollout(trainer, batch):
     """Re-score every sample in shuffled micro-batches: log-probs and values must equal the rollout's."""
     for grouping in (torch.arange(len(batch)).split(5), torch.randperm(len(batch)).split(3)):

@@ -62,6 +62,7 @@ from .losses import explained_variance, policy_loss, value_loss
 from .models.loading import (
     auto_model_from_pretrained,
     disable_bnb_cpu_repacking,
+    disable_dropout,
     freeze_vision_tower,
     generation_suppress_token_ids,
     get_tokenizer,
@@ -272,9 +273,7 @@ class VLMPPOTrainer(BaseTrainer):
             else:
                 policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.is_peft = isinstance(policy, PeftModel)
-        for module in policy.modules():  # dropout would make rollout and update log-probs differ
-            if isinstance(module, nn.Dropout):
-                module.p = 0.0
+        disable_dropout(policy)  # dropout, attention dropout included, would make rollout and update log-probs differ
         if saved_agent and os.path.isfile(os.path.join(model, VALUE_HEAD_WEIGHTS)):
             value_head = load_value_head(model)
         else:

@@ -13,6 +13,7 @@ from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
     BitsAndBytesConfig,
+    PreTrainedConfig,
     PreTrainedModel,
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
@@ -89,6 +90,48 @@ def freeze_vision_tower(model: nn.Module) -> int:
                 p.requires_grad_(False)
                 count += p.numel()
     return count
+
+
+def _is_dropout_name(name: str) -> bool:
+    return "dropout" in name or name in ("layerdrop", "drop_path_rate", "attn_pdrop", "resid_pdrop", "embd_pdrop")
+
+
+def _zero_config_dropout(config, seen: set[int]) -> None:
+    if config is None or id(config) in seen:
+        return
+    seen.add(id(config))
+    for key, value in list(vars(config).items()):
+        if isinstance(value, PreTrainedConfig):
+            _zero_config_dropout(value, seen)
+        elif _is_dropout_name(key) and isinstance(value, float) and value > 0:
+            setattr(config, key, 0.0)
+
+
+def disable_dropout(model: nn.Module) -> int:
+    """Turn every kind of dropout in ``model`` off; returns how many settings were changed.
+
+    PPO scores the update (train mode) against log-probs recorded in the rollout (eval mode), so any dropout makes
+    the two differ even with the same weights: a tiny LLaVA-NeXT with ``attention_dropout=0.1`` had a ratio of 1.0073
+    at step 0. TRL's ``disable_dropout_in_model`` only zeroes `nn.Dropout` modules, but transformers' attention
+    applies dropout functionally from a float the layer copied from its config at construction
+    (``dropout=0.0 if not self.training else self.attention_dropout``; CLIP names it ``self.dropout``). So this zeroes
+    `nn.Dropout` modules, float ``*dropout*`` / layer-drop attributes of every module, and the same fields of the
+    model's config and its sub-configs (text, vision, ...), which saved checkpoints and later-built layers read.
+    """
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            changed += module.p > 0
+            module.p = 0.0
+            continue
+        for key, value in list(vars(module).items()):
+            if _is_dropout_name(key) and isinstance(value, float) and not isinstance(value, bool) and value > 0:
+                setattr(module, key, 0.0)
+                changed += 1
+    seen: set[int] = set()
+    for module in model.modules():
+        _zero_config_dropout(getattr(module, "config", None), seen)
+    return changed
 
 
 def disable_bnb_cpu_repacking(model: nn.Module) -> None:
