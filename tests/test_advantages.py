@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vlm_env_ppo.advantages import compute_gae, kl_penalty, whiten
+from vlm_env_ppo.advantages import compute_gae, kl_penalty, spread_back_in_episodes, whiten
 
 GAMMA, LAM = 0.9, 0.95
 
@@ -59,6 +59,15 @@ def test_whiten_and_masked_whiten():
     assert w.mean().abs() < 1e-6 and (w.var(unbiased=False) - 1).abs() < 1e-4
     m = whiten(x, mask=torch.tensor([1, 1, 1, 0]))
     torch.testing.assert_close(m[:3], whiten(x[:3]))
+
+
+def test_spread_back_in_episodes_stops_at_episode_ends():
+    bad = torch.tensor([[0, 0], [0, 0], [1, 0], [0, 1]], dtype=torch.bool)  # (num_steps=4, num_envs=2)
+    done = torch.tensor([[1, 0], [0, 0], [0, 1], [0, 0]], dtype=torch.bool)
+    expected = torch.tensor([[0, 0], [1, 0], [1, 0], [0, 1]], dtype=torch.bool)  # env 1's step 3 follows an end
+    assert torch.equal(spread_back_in_episodes(bad, done), expected)
+    no_ends = torch.tensor([[1, 1], [1, 1], [1, 1], [0, 1]], dtype=torch.bool)
+    assert torch.equal(spread_back_in_episodes(bad, torch.zeros_like(done)), no_ends)
 
 
 def test_kl_estimators():

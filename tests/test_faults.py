@@ -301,16 +301,16 @@ def test_nan_limit_stops_with_the_last_good_weights(tiny_vlm_path, tmp_path):
 
 def test_nan_in_rollout_is_contained(tiny_vlm_path, tmp_path):
     """NaN logits in one decoding step must not crash sampling; NaN log-probs and values of one rollout step (the 2
-    samples of step t=1, flat indices 2 and 3) must not poison GAE or the whitening: exactly the minibatches holding
-    one of them are skipped, the others train."""
+    samples of step t=0, flat indices 0 and 1: no earlier step of their episodes reads them) must not poison GAE or
+    the whitening: exactly the minibatches holding one of them are skipped, the others train."""
     args = make_args(tmp_path, num_ppo_epochs=2, per_device_train_batch_size=2)
     generator = torch.Generator().manual_seed(args.seed)  # the update's shuffling (`ppo_update`)
     minibatches = [mb for _ in range(2) for mb in torch.randperm(4, generator=generator).split(2)]
-    expected = sum(bool({2, 3} & set(mb.tolist())) for mb in minibatches)
+    expected = sum(bool({0, 1} & set(mb.tolist())) for mb in minibatches)
     assert expected < len(minibatches), "the check needs some clean minibatches"
     trainer = VLMPPOTrainer(tiny_vlm_path("llava_next"), args, env=NUMBER_LINE)
     in_generate = NaNInjector(trainer.model.policy, "generate", lambda n: n == 1)
-    in_scoring = NaNInjector(trainer.model.policy, "score", lambda n: n == 2, hidden=True)
+    in_scoring = NaNInjector(trainer.model.policy, "score", lambda n: n == 1, hidden=True)
     try:
         trainer.train()
     finally:
@@ -325,7 +325,8 @@ def test_nan_in_rollout_is_contained(tiny_vlm_path, tmp_path):
 
 
 def test_nonfinite_rollout_samples_do_not_spread_through_gae():
-    """Tier 2, no model: one NaN value mid-trajectory leaves every other advantage finite and whitened."""
+    """Tier 2, no model: a NaN value mid-trajectory is masked with the earlier steps of its episode (their advantages
+    were bootstrapped through it) and nothing else; every other advantage is finite and whitened."""
     from types import SimpleNamespace
 
     from vlm_env_ppo.buffer import RolloutBatch
@@ -335,13 +336,14 @@ def test_nonfinite_rollout_samples_do_not_spread_through_gae():
     batch.rewards = torch.ones(4, 2)
     batch.values[2, 0] = float("nan")
     batch.logprobs[1, 1] = float("inf")
+    batch.terminated[0, 0] = True  # env 0's first episode ended after step 0: step 0 does not read step 2
     fake = SimpleNamespace(
         args=SimpleNamespace(gamma=0.9, lam=0.95, whiten_advantages=True),
         accelerator=SimpleNamespace(device="cpu", gather=lambda t: t),
     )
     VLMPPOTrainer.compute_advantages(fake, batch)
     bad = torch.zeros(4, 2, dtype=torch.bool)
-    bad[2, 0] = bad[1, 1] = True
+    bad[1:3, 0] = bad[0:2, 1] = True  # the non-finite steps and the earlier steps of their episodes
     assert fake._nonfinite_samples == 2
     assert batch.advantages[bad].isnan().all() and batch.returns[bad].isnan().all()
     good = batch.advantages[~bad]

@@ -60,6 +60,26 @@ def compute_gae(
     return advantages, advantages + values
 
 
+def spread_back_in_episodes(bad: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+    """Mark every step whose GAE advantage reads a bad step: the earlier steps of the same episode.
+
+    GAE at step ``t`` sums the TD errors of ``t, t+1, ...`` up to the end of its episode, so a value or reward that
+    is wrong at step ``t`` (a non-finite one entered as 0) corrupts the advantages and returns of every earlier step
+    of that env back to the previous episode end, not only its own.
+
+    Args:
+        bad: ``(num_steps, num_envs)`` bool, the steps known to be bad.
+        done: ``(num_steps, num_envs)`` bool, ``terminated | truncated`` (the episode ended after that step).
+
+    Returns:
+        ``(num_steps, num_envs)`` bool: ``bad`` plus every step that reaches a bad one without crossing an episode end.
+    """
+    out = bad.clone()
+    for t in reversed(range(bad.shape[0] - 1)):
+        out[t] |= out[t + 1] & ~done[t].bool()
+    return out
+
+
 def whiten(values: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8):
     """Normalize to zero mean and unit variance over all (masked) entries.
 

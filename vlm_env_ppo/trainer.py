@@ -41,7 +41,7 @@ from trl.trainer.utils import generate_model_card
 from . import __version__
 from ._trl import BaseTrainer
 from .actions import ParsedAction
-from .advantages import compute_gae, kl_penalty
+from .advantages import compute_gae, kl_penalty, spread_back_in_episodes
 from .agent import (
     AGENT_CONFIG,
     EvalResult,
@@ -658,10 +658,12 @@ class VLMPPOTrainer(BaseTrainer):
     # ------------------------------------------------------------------ update
     def compute_advantages(self, batch: RolloutBatch) -> None:
         # A non-finite rollout statistic (e.g. a bf16 overflow in the scoring forward) must not poison GAE: it would
-        # spread to every earlier step of that env and, through whitening, to the whole batch. It enters GAE as 0 and
-        # its sample gets a NaN advantage and return, so the minibatches holding it are skipped (`ppo_update`).
-        bad = nonfinite_samples(batch)  # (num_steps, num_envs)
-        self._nonfinite_samples = int(bad.sum())
+        # spread to every earlier step of that env and, through whitening, to the whole batch. It enters GAE as 0, and
+        # its sample and the earlier samples of its episode (whose advantages were bootstrapped through that 0) get a
+        # NaN advantage and return, so the minibatches holding them are skipped (`ppo_update`).
+        nonfinite = nonfinite_samples(batch)  # (num_steps, num_envs)
+        self._nonfinite_samples = int(nonfinite.sum())
+        bad = spread_back_in_episodes(nonfinite, batch.terminated | batch.truncated)
         finite = lambda x: torch.nan_to_num(x.float(), nan=0.0, posinf=0.0, neginf=0.0)
         advantages, returns = compute_gae(
             finite(batch.rewards),
