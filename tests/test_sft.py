@@ -20,6 +20,7 @@ from vlm_env_ppo.sft import (
     default_lora_config,
     default_sft_config,
     evaluate_policy,
+    expert_action_accuracy,
     generate_sft_dataset,
     points_expert,
     run_sft,
@@ -212,6 +213,8 @@ def test_sft_raises_valid_and_success_rates_then_ppo_starts_from_it(tiny_vlm_pat
     )
     assert after["valid_action_rate"] >= 0.9
     assert after["success_rate"] >= 0.9 and after["success_rate"] >= before["success_rate"] + 0.25
+    assert after["expert_action_accuracy"] >= 0.9 > before["expert_action_accuracy"]
+    assert after["majority_action_accuracy"] <= 0.7  # red and blue frames both occur: the image decides
 
     ppo_args = make_args(  # test_trainer's tiny PPO settings
         tmp_path, output_dir=str(tmp_path / "ppo"), total_env_steps=4, num_mini_batches=1,
@@ -313,3 +316,26 @@ def test_example_script_runs_sft_then_ppo(tmp_path):
     )
     assert set(results) >= {"base", "sft", "ppo"} and results["sft_examples"] == 16
     assert (tmp_path / "sft" / "model.safetensors").exists() and (tmp_path / "ppo" / "vlm_env_ppo.json").exists()
+
+
+def test_expert_action_accuracy_tells_an_image_reader_from_a_constant_answer():
+    """Tier 2, scripted agents on NumberLine's expert states: the oracle scores 1, a constant answer scores the share
+    of states where that action is the expert's (which `majority_action_accuracy` bounds), an invalid output 0."""
+    from vlm_env_ppo.actions import ParsedAction
+
+    class Scripted:
+        def __init__(self, choose):
+            self.choose = choose
+
+        def act_batch(self, observations, infos, greedy=True):
+            return [self.choose(info) for info in infos], [""] * len(infos)
+
+    env_id = "gym_cards/NumberLine-v0"
+    oracle = Scripted(lambda info: ParsedAction(number_line_oracle(info), True, 0))
+    always_plus = Scripted(lambda info: ParsedAction(1, True, 0))
+    invalid = Scripted(lambda info: ParsedAction(None, False, None))
+    perfect = expert_action_accuracy(oracle, env_id, num_episodes=20, seed=0, batch_size=3)
+    constant = expert_action_accuracy(always_plus, env_id, num_episodes=20, seed=0)
+    assert perfect["expert_action_accuracy"] == 1.0 and perfect["expert_states"] > 20
+    assert 0 < constant["expert_action_accuracy"] <= constant["majority_action_accuracy"] < 1
+    assert expert_action_accuracy(invalid, env_id, num_episodes=5, seed=0)["expert_action_accuracy"] == 0.0

@@ -278,43 +278,81 @@ def generate_sft_dataset(
             f"The task has {len(task.action_names)} action names but {env_id} has {env.action_space.n} actions; "
             "pass the `task` the PPO trainer uses for this env."
         )
-    start = int(getattr(env.action_space, "start", 0))
     rng = np.random.default_rng(seed)
     rows = []
+    for episode, step, observation, info, action, thoughts, played, played_random, reward in expert_steps(
+        env, expert, num_episodes, seed, random_action_prob, rng, max_episode_steps
+    ):
+        prompt, images = prompt_and_images(task.build_messages(observation, info, action_only=action_only))
+        if len(images) != 1:
+            raise ValueError(f"Expected one image per prompt, got {len(images)}: is the observation a frame?")
+        answer = task.example_answer(action, thoughts, action_only=action_only)
+        rows.append(
+            {
+                "prompt": prompt,
+                "completion": [{"role": "assistant", "content": [{"type": "text", "text": answer}]}],
+                "images": [_png(images[0])],
+                "action": action,
+                "action_name": task.action_names[action],
+                "played_action": played,
+                "expert": not played_random,
+                "reward": float(reward),
+                "env_id": env_id,
+                "episode": episode,
+                "step": step,
+                "seed": seed + episode,
+                "action_only": action_only,
+            }
+        )
+    env.close()
+    return Dataset.from_list(rows, features=sft_features())
+
+
+def expert_steps(env, expert: ExpertFn, num_episodes: int, seed: int, random_action_prob: float = 0.0, rng=None,
+                 max_episode_steps: int = 100):
+    """Play ``num_episodes`` episodes of ``env`` (episode ``k`` reset with ``seed + k``) with ``expert``; yield
+    ``(episode, step, observation, info, action, thoughts, played, played_random, reward)`` per step, where
+    ``action`` is the expert's and ``played`` what the env was stepped with (a random action with probability
+    ``random_action_prob``, drawn from ``rng``)."""
+    start = int(getattr(env.action_space, "start", 0))
     for episode in range(num_episodes):
         observation, info = env.reset(seed=seed + episode)
         for step in range(max_episode_steps):
             action, thoughts = expert(observation, info, env.unwrapped)
             action = int(action)
-            prompt, images = prompt_and_images(task.build_messages(observation, info, action_only=action_only))
-            if len(images) != 1:
-                raise ValueError(f"Expected one image per prompt, got {len(images)}: is the observation a frame?")
-            answer = task.example_answer(action, thoughts, action_only=action_only)
             played_random = bool(random_action_prob > 0 and rng.random() < random_action_prob)
             played = int(rng.integers(env.action_space.n)) if played_random else action
             next_observation, reward, terminated, truncated, next_info = env.step(played + start)
-            rows.append(
-                {
-                    "prompt": prompt,
-                    "completion": [{"role": "assistant", "content": [{"type": "text", "text": answer}]}],
-                    "images": [_png(images[0])],
-                    "action": action,
-                    "action_name": task.action_names[action],
-                    "played_action": played,
-                    "expert": not played_random,
-                    "reward": float(reward),
-                    "env_id": env_id,
-                    "episode": episode,
-                    "step": step,
-                    "seed": seed + episode,
-                    "action_only": action_only,
-                }
-            )
+            yield episode, step, observation, info, action, thoughts, played, played_random, reward
             if terminated or truncated:
                 break
             observation, info = next_observation, next_info
+
+
+def expert_action_accuracy(agent, env_id: str, num_episodes: int, seed: int, batch_size: int = 8,
+                           env_kwargs: dict | None = None) -> dict[str, float]:
+    """How often the agent's greedy action equals the expert's on the states the expert visits (episode ``k`` reset
+    with ``seed + k``); an invalid output counts as wrong.
+
+    Token accuracy (TRL's ``mean_token_accuracy``) can look converged while the action ignores the image: the answer's
+    format tokens are most of the tokens. ``majority_action_accuracy`` is what always answering the expert's most
+    common action scores on the same states: an accuracy near it means the model has not learned to tell states apart.
+    """
+    env = gym.make(env_id, **(env_kwargs or {}))
+    states = [(obs, info, action) for _, _, obs, info, action, *_ in expert_steps(env, get_expert(env_id), num_episodes,
+                                                                                    seed)]
     env.close()
-    return Dataset.from_list(rows, features=sft_features())
+    correct = 0
+    for chunk in range(0, len(states), batch_size):
+        part = states[chunk : chunk + batch_size]
+        parsed, _ = agent.act_batch([s[0] for s in part], [s[1] for s in part], greedy=True)
+        correct += sum(p.valid and p.action == s[2] for p, s in zip(parsed, part))
+    counts = np.bincount([s[2] for s in states])
+    return {
+        "expert_action_accuracy": correct / len(states),
+        "majority_action_accuracy": float(counts.max() / len(states)),
+        "expert_states": len(states),
+    }
 
 
 def _png(image) -> dict:
@@ -499,7 +537,8 @@ def evaluate_policy(
     legal action, as in training). The default ``seed`` is `VLMPPOConfig.eval_seed`'s, so SFT and PPO evaluations play the same episodes.
     ``max_new_tokens`` must fit the longest answer (the paper's 256 does). A path is loaded (safetensors only) in its
     saved dtype onto ``device`` (default: CUDA when available). Returns ``{"valid_action_rate", "success_rate",
-    "episode_return", "episode_length", "episodes"}``.
+    "episode_return", "episode_length", "episodes"}`` and, for envs with an expert, `expert_action_accuracy`'s
+    ``expert_action_accuracy`` and ``majority_action_accuracy`` (the expert's states of the same seeds).
     """
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -521,12 +560,16 @@ def evaluate_policy(
     result = agent.evaluate(
         env_id, num_episodes=num_episodes, seed=seed, greedy=greedy, batch_size=batch_size, **(env_kwargs or {})
     )
+    accuracy = {}
+    if env_id in EXPERTS:
+        accuracy = expert_action_accuracy(agent, env_id, num_episodes, seed, batch_size, env_kwargs)
     return {
         "valid_action_rate": 1.0 - result.invalid_action_rate,
         "success_rate": result.success_rate,
         "episode_return": result.mean_return,
         "episode_length": result.mean_episode_length,
         "episodes": result.num_episodes,
+        **accuracy,
     }
 
 
@@ -696,6 +739,12 @@ def sft_main(argv: list[str]) -> dict:
             f"{before['valid_action_rate']:.2f} -> {after['valid_action_rate']:.2f}, success rate "
             f"{before['success_rate']:.2f} -> {after['success_rate']:.2f}."
         )
+        if "expert_action_accuracy" in after:
+            summary += (
+                f" Action accuracy against the expert on its own states: {before['expert_action_accuracy']:.2f} -> "
+                f"{after['expert_action_accuracy']:.2f} (always the most common action: "
+                f"{after['majority_action_accuracy']:.2f})."
+            )
     print(
         f"{summary} Model saved to {output_dir}. Continue with PPO:\n  {ppo_command(model_args, output_dir, env_id, action_only)}"
     )
