@@ -114,8 +114,10 @@ def solve_points(
     ['8', '/', '(', '3', '-', '8', '/', '3', ')']
     >>> solve_points([1, 1, 1, 1], 24) is None
     True
-    >>> solve_points([2, 4, 1, 1], 24, rules="rl4vlm")  # the exact solution (2+4)*(1+1)... is not needed: it wins
-    ['2', '4', '*', '1', '*', '1']
+    >>> solve_points([2, 4, 1, 1], 24, rules="rl4vlm")  # no exact solution; "1+24-1" wins under RL4VLM's eval
+    ['1', '+', '2', '4', '-', '1']
+    >>> solve_points([3, 3, 8, 8], 24, rules="rl4vlm")  # 8/(3-8/3) is 23.99999999999999 in floats
+    ['3', '+', '8', '*', '8', '/', '/', '3']
     """
     key = tuple(sorted(int(n) for n in numbers))
     ops = tuple(op for op in ("+", "-", "*", "/") if op in operators)
