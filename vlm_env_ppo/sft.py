@@ -2,7 +2,7 @@
 
 RL4VLM (Zhai et al., NeurIPS 2024) fine-tunes the VLM on instruction-following data (frames with JSON answers whose
 reasoning and action are correct) before PPO: RL from a raw model rarely produces a parsable action at all
-(DESIGN.md §2). Our envs have exact reference policies (`vlm_env_ppo.envs.solvers`), so that data is generated here:
+(its finding). Our envs have exact reference policies (`vlm_env_ppo.envs.solvers`), so that data is generated here:
 
 ```python
 >>> from vlm_env_ppo.sft import generate_sft_dataset
