@@ -15,8 +15,12 @@ tokens ends it with -1. The frame shows "Formula: ..." and the prompt repeats it
 Success = the +10. Every deal has a solution and the expert of `vlm_env_ppo.sft` solves them all; the paper's
 LLaVA-7B reached 50.0% after SFT then RL (GPT-4V 10.5%, no-CoT 29.9%); Qwen2.5-VL-3B with GiGPO reached 100%.
 
+The YAMLs set ``rules: rl4vlm``: RL4VLM's own formula semantics (``1`` then ``2`` is 12, ``*`` ``*`` a power, the
+cap checked one step late, the prompt's formula without spaces), so that success rates compare with the paper's;
+drop it for our exact rules (README, "Differences from RL4VLM's environments").
+
 What to edit: the prompt (``TASK``), the env's arguments (``env_kwargs`` in the YAML: ``target``,
-``treat_face_cards_as_10``, ``max_formula_length``), the hyperparameters (the YAML, or flags).
+``treat_face_cards_as_10``, ``max_formula_length``, ``rules``), the hyperparameters (the YAML, or flags).
 """
 
 from __future__ import annotations

@@ -12,11 +12,15 @@ them. The trained agent is saved to ``output_dir``.
 The game (`vlm_env_ppo.envs.Points24Env`): four cards (A = 1, J/Q/K = 10); type a formula that makes 24 using each
 card once, one token per step: a number 1-10, "+ - * / ( )", or "=" to submit (+10 if it equals 24, else -1). The
 formula is capped at 20 tokens. Success = the +10. The hardest task of the paper: its LLaVA-7B reached 2.3% (GPT-4V
-and no-CoT 0%). Card ranks are dealt independently, so about a quarter of the deals have no solution at all; the
-script prints the share of the final evaluation's deals that have one, the ceiling of its success rate.
+and no-CoT 0%). The YAMLs set ``rules: rl4vlm``, RL4VLM's own formula semantics (digits typed side by side are one
+number, ``*`` ``*`` a power, ``/`` ``/`` floor division, float arithmetic, the prompt's formula without spaces), so
+that success rates compare with the paper's; drop it for our exact rules (README, "Differences from RL4VLM's
+environments"). Card ranks are dealt independently, so some deals have no solution at all (14% under ``rl4vlm``,
+27% under ``exact``); the script prints the share of the final evaluation's deals that have one under the chosen
+rules, the ceiling of its success rate.
 
 What to edit: the prompt (``TASK``), the env's arguments (``env_kwargs`` in the YAML: ``target``,
-``treat_face_cards_as_10``, ``max_formula_length``), the hyperparameters (the YAML, or flags).
+``treat_face_cards_as_10``, ``max_formula_length``, ``rules``), the hyperparameters (the YAML, or flags).
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ TASK = register_task(POINTS_24)
 
 def solvable_fraction(env_kwargs: dict | None, num_deals: int, seed: int) -> float:
     """Share of the deals on seeds ``seed, ..., seed + num_deals - 1`` (those of the final evaluation) that can make
-    the target: the best success rate any agent can reach on them (``info["solvable"]``, from an exact solver)."""
+    the target: the best success rate any agent can reach on them (``info["solvable"]``, from an exact solver, under
+    the env's ``rules``)."""
     env = gym.make(TASK.env_id, **(env_kwargs or {}))
     return sum(env.reset(seed=seed + k)[1]["solvable"] for k in range(num_deals)) / num_deals
 

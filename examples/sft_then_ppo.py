@@ -28,7 +28,7 @@ Recommended hyperparameters for a 7B VLM (LLaVA-1.6-Mistral-7B, Qwen2.5-VL-7B; o
 - SFT: LoRA r=128, alpha=256 on all linear layers (the paper's), lr 2e-5 cosine with 3% warmup, 1 epoch,
   batch 4 x gradient accumulation 4 (effective 16), gradient checkpointing on, ``max_length=None`` (the image
   tokens of a 300x300 frame exceed TRL's default 1024 on LLaVA-1.6).
-- PPO: the paper's settings (DESIGN.md §2): LoRA r=128/alpha=256, lr 1e-5, 4 PPO epochs, clip 0.1, gamma 0.9,
+- PPO: the paper's settings (RL4VLM): LoRA r=128/alpha=256, lr 1e-5, 4 PPO epochs, clip 0.1, gamma 0.9,
   lam 0.95, temperature 0.2, 512 env steps per update (``--ppo_num_envs 4 --ppo_num_steps 128``), 15k env steps.
 
 The tiny defaults (no ``--model_name_or_path``) differ: lr 3e-3, 3 epochs, batch 8, and the tiny model's lm_head

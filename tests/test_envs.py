@@ -1,6 +1,8 @@
-"""The gym_cards envs: gymnasium's checker, registration, seeding, and every rule of DESIGN.md §3."""
+"""The gym_cards envs: gymnasium's checker, registration, seeding, and every rule (both rule sets of the points
+games: ours, "exact", and RL4VLM's, "rl4vlm")."""
 
 import importlib
+import time
 import warnings
 
 import gymnasium as gym
@@ -356,6 +358,115 @@ def test_points24_without_face_cards_as_ten():
     assert act(env, "=")[1] == 10.0
     _, info = env.reset(seed=0, options={"ranks": [12, 13, 1, 1]})
     assert act(env, "10")[1] == -1.0  # 10 is not on a card when the K counts 13
+
+
+# ---------------------------------------------------------------------------------------------------- rule sets
+# The cases where RL4VLM's gym_cards and ours differ, replayed from the same deal under both rule sets:
+# (env id, ranks, actions, (reward, terminated, truncated) of the last step under "exact", under "rl4vlm").
+DIFFERING_CASES = {
+    "adjacent numbers (Points24)": (
+        "gym_cards/Points24-v0", [2, 4, 1, 1], ["2", "4", "*", "1", "*", "1", "="], (-1.0, True, False), (10.0, True, False)
+    ),
+    "adjacent numbers (EZPoints)": ("gym_cards/EZPoints-v0", [1, 2], ["1", "2", "="], (-1.0, True, False), (10.0, True, False)),
+    "floor division": (
+        "gym_cards/Points24-v0", [7, 3, 2, 1], ["7", "3", "/", "/", "(", "2", "+", "1", ")", "="],
+        (-1.0, True, False), (10.0, True, False),
+    ),
+    "power": ("gym_cards/Points24-v0", [2, 3, 3, 1], ["2", "*", "*", "3", "*", "3", "*", "1", "="], (-1.0, True, False),
+              (10.0, True, False)),
+    "float rounding": (
+        "gym_cards/Points24-v0", [3, 3, 8, 8], ["8", "/", "(", "3", "-", "8", "/", "3", ")", "="],
+        (10.0, True, False), (-1.0, True, False),
+    ),
+    "tower": ("gym_cards/Points24-v0", [9, 9, 9, 1], ["9", "*", "*", "9", "*", "*", "9", "*", "1", "="],
+              (-1.0, True, False), (-1.0, True, False)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(DIFFERING_CASES))
+@pytest.mark.parametrize("rules", ["exact", "rl4vlm"])
+def test_differing_cases_under_both_rule_sets(case, rules):
+    env_id, ranks, actions, exact, rl4vlm = DIFFERING_CASES[case]
+    env = make(env_id, rules=rules)
+    env.reset(seed=0, options={"ranks": ranks})
+    start = time.perf_counter()
+    results = play(env, actions)
+    assert time.perf_counter() - start < 2.0  # "9**9**9*1" hung RL4VLM's env
+    assert all(r[1:4] == (0.0, False, False) for r in results[:-1])
+    *_, info = results[-1]
+    assert results[-1][1:4] == (exact if rules == "exact" else rl4vlm)
+    assert info["is_success"] == (results[-1][1] == 10.0) and info["rules"] == rules
+    assert info["Formula"] == actions[:-1]  # the formula is the same tokens under both rule sets
+
+
+@pytest.mark.parametrize(
+    "env_id, cap, tokens", [("gym_cards/EZPoints-v0", 5, ["+", "*"]), ("gym_cards/Points24-v0", 20, ["(", ")"])]
+)
+def test_length_cap_under_both_rule_sets(env_id, cap, tokens):
+    filler = (tokens * cap)[:cap]
+    exact = make(env_id)
+    exact.reset(seed=0)
+    assert all(r[1:4] == (0.0, False, False) for r in play(exact, filler))
+    _, reward, terminated, truncated, info = act(exact, tokens[0])  # past the cap: -1 and truncation at once
+    assert (reward, terminated, truncated, len(info["Formula"])) == (-1.0, False, True, cap + 1)
+
+    rl4vlm = make(env_id, rules="rl4vlm")
+    rl4vlm.reset(seed=0)
+    play(rl4vlm, filler)
+    _, reward, terminated, truncated, info = act(rl4vlm, tokens[0])  # RL4VLM checks the cap before the action
+    assert (reward, terminated, truncated, len(info["Formula"])) == (0.0, False, False, cap + 1)
+    _, reward, terminated, truncated, info = act(rl4vlm, "=")  # the next action, even "=", is ignored
+    assert (reward, terminated, truncated, len(info["Formula"]), info["is_success"]) == (
+        -1.0,
+        False,
+        True,
+        cap + 1,
+        False,
+    )
+    # The extra token may be an invalid number: its -1 and blank, then the ignored step.
+    rl4vlm.reset(seed=0, options={"ranks": [1] * len(rl4vlm._numbers)})
+    play(rl4vlm, filler)
+    _, reward, _, truncated, info = act(rl4vlm, "7")
+    assert (reward, truncated, info["invalid_number"], info["Formula"][-1]) == (-1.0, False, True, BLANK)
+    assert act(rl4vlm, "1")[1:4] == (-1.0, False, True)
+
+
+def test_rules_change_the_prompts_formula_and_the_solvable_flag():
+    exact, rl4vlm = make("gym_cards/Points24-v0"), make("gym_cards/Points24-v0", rules="rl4vlm")
+    for env in (exact, rl4vlm):
+        env.reset(seed=0, options={"ranks": [2, 4, 1, 1]})
+        *_, info = play(env, ["2", "4", "*", "1", "10"])[-1]
+    assert exact.rules == "exact" and info["rules"] == "rl4vlm"
+    # The prompt shows info["formula_text"]: spaces under "exact" (two numbers); RL4VLM's "".join under "rl4vlm".
+    assert exact._get_info()["formula_text"] == "2 4 * 1  " and info["formula_text"] == "24*1 "
+    from vlm_env_ppo.tasks import POINTS_24
+
+    assert "The current formula is: 24*1" in POINTS_24.prompt(info)
+    np.testing.assert_array_equal(exact.render(), rl4vlm.render())  # the frame is the same: RL4VLM drew spaces too
+    # [2, 4, 1, 1] has no exact solution, but 24 * 1 * 1 wins under RL4VLM's rules.
+    assert exact.reset(options={"ranks": [2, 4, 1, 1]})[1]["solvable"] is False
+    assert rl4vlm.reset(options={"ranks": [2, 4, 1, 1]})[1]["solvable"] is True
+
+
+@pytest.mark.parametrize("env_id", ["gym_cards/EZPoints-v0", "gym_cards/Points24-v0"])
+def test_unknown_rules_are_refused(env_id):
+    for bad in ("foo", "RL4VLM", None):
+        with pytest.raises(ValueError, match="`rules` must be one of 'exact', 'rl4vlm'"):
+            gym.make(env_id, rules=bad)
+
+
+def test_rules_round_trip_through_a_saved_agents_env_kwargs():
+    """The trainer saves `env_kwargs` in the agent's JSON; the loaded agent's env factory passes them back."""
+    import json
+    from types import SimpleNamespace
+
+    from vlm_env_ppo.agent import VLMAgent
+
+    saved = json.loads(json.dumps({"env_id": "gym_cards/Points24-v0", "env_kwargs": {"rules": "rl4vlm"}}))
+    agent = SimpleNamespace(config=saved, task=None)
+    env = VLMAgent.env_factory(agent)()
+    assert env.unwrapped.rules == "rl4vlm"
+    assert VLMAgent.env_factory(agent, rules="exact")().unwrapped.rules == "exact"  # an explicit override wins
 
 
 # ---------------------------------------------------------------------------------------------------- Blackjack

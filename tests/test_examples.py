@@ -166,7 +166,7 @@ def test_alfworld_example_trains_a_text_model_on_offline_games(tiny_vlm_path, al
     assert args.invalid_action_penalty == -1.0 and args.num_ppo_epochs == 4 and args.learning_rate == 1e-5
 
 
-PAPER = {  # DESIGN.md §2 (the paper) and RL4VLM's launch scripts; see the comments in each YAML
+PAPER = {  # the paper (Zhai et al., NeurIPS 2024) and RL4VLM's launch scripts; see the comments in each YAML
     "learning_rate": 1e-5, "num_ppo_epochs": 4, "cliprange": 0.1, "cliprange_value": 0.1, "vf_coef": 0.5,
     "gamma": 0.9, "lam": 0.95, "temperature": 0.2, "max_new_tokens": 256, "cot_logprob_coef": 0.5,
     "total_env_steps": 15_000, "kl_coef": 0.0, "max_grad_norm": 0.01, "value_head_hidden_sizes": [1024, 512],
@@ -196,7 +196,7 @@ def test_example_configs_parse_to_the_papers_settings(config):
     assert (model_args.use_peft, model_args.lora_r, model_args.lora_alpha) == (True, 128, 256)
     assert model_args.lora_target_modules == "all-linear" and not model_args.load_in_4bit
     assert {k: getattr(args, k) for k in PAPER} == PAPER
-    steps_per_update = 1024 if task == "points24" else 512  # DESIGN.md §2
+    steps_per_update = 1024 if task == "points24" else 512  # the paper's
     assert args.batch_size == steps_per_update and args.num_updates == 15_000 // steps_per_update
     assert args.per_device_train_batch_size == micro_batch and args.gradient_accumulation_steps == 128 // micro_batch
     assert script_args.final_eval_episodes == (1000 if task == "blackjack" else 200)  # RL4VLM's eval-num-per-episode

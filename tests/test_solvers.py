@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import vlm_env_ppo.envs  # noqa: F401  (registers the ids)
-from vlm_env_ppo.envs.formula import evaluate
+from vlm_env_ppo.envs.formula import evaluate, formula_equals
 from vlm_env_ppo.envs.solvers import (
     blackjack_basic_strategy,
     number_line_oracle,
@@ -97,29 +97,77 @@ def test_number_line_oracle_always_wins():
             assert terminated and last_reward == 1.0 and total == 1.0  # no −1 on the way
 
 
+@pytest.mark.parametrize("rules", ["exact", "rl4vlm"])
 @pytest.mark.parametrize("env_id, target", [("gym_cards/EZPoints-v0", 12), ("gym_cards/Points24-v0", 24)])
-def test_points_expert_wins_every_solvable_deal(env_id, target):
-    env = gym.make(env_id)
+def test_points_expert_wins_every_solvable_deal(env_id, target, rules):
+    env = gym.make(env_id, rules=rules)
     names = env.unwrapped.action_names
     solvable = wins = 0
     deals = 1000
     for seed in range(deals):
         start, end, last_reward, total, terminated = run_episode(
-            env, seed, lambda info: points_expert_action(info, target, names)
+            env,
+            seed,
+            lambda info: points_expert_action(info, target, names),  # the rules come from info["rules"]
         )
         assert terminated
         if start["solvable"]:
             solvable += 1
             wins += last_reward == 10.0
             assert total == 10.0 and end["is_success"], (seed, start["Numbers"], end["Formula"])
+            assert len(end["Formula"]) <= env.unwrapped.max_formula_length  # solutions fit the cap
         else:
             assert last_reward == -1.0 and len(end["Formula"]) == 0  # it presses "=" at once
-    print(f"\n{env_id}: solvable {solvable / deals:.3f} of {deals} seeded deals; expert wins {wins}/{solvable}")
+    print(
+        f"\n{env_id} rules={rules}: solvable {solvable / deals:.3f} of {deals} seeded deals; expert wins {wins}/{solvable}"
+    )
     assert wins == solvable
     if env_id == "gym_cards/EZPoints-v0":
         assert solvable == deals
+    elif rules == "exact":
+        assert solvable == 731  # 73.1%: +10 needs exact arithmetic on + - * / ( ) only
     else:
-        assert 0.6 < solvable / deals < 0.85
+        assert solvable == 854  # 85.4%: adds numbers side by side, ** and //, and loses float-rounding wins
+
+
+def test_points24_solvable_fraction_over_every_deal():
+    """The exact probability that a Points24 deal can be won (ranks uniform and independent, J/Q/K = 10), per rule set:
+    every one of the 13**4 rank tuples, solved per multiset of numbers (715 of them)."""
+    counts = Counter(tuple(sorted(min(r, 10) for r in ranks)) for ranks in itertools.product(range(1, 14), repeat=4))
+    total = sum(counts.values())
+    fractions = {}
+    for rules in ("exact", "rl4vlm"):
+        wins = sum(n for numbers, n in counts.items() if solve_points(numbers, 24, rules=rules) is not None)
+        fractions[rules] = wins / total
+    print(f"\nPoints24 deals that can be won, over all 13**4 rank tuples: {fractions}")
+    assert round(fractions["exact"], 3) == 0.731 and round(fractions["rl4vlm"], 3) == 0.863  # RL4VLM's own code: 86.3%
+
+
+@pytest.mark.parametrize(
+    "numbers, target, operators, parentheses",
+    [([3, 3, 8, 8], 24, "+-*/", True), ([2, 4, 1, 1], 24, "+-*/", True), ([7, 3, 2, 1], 24, "+-*/", True),
+     ([1, 2], 12, "+*", False), ([13, 1, 1, 1], 24, "+-*/", True), ([10, 2], 12, "+*", False)],
+)  # fmt: skip
+def test_rl4vlm_solutions_win_under_rl4vlm_rules(numbers, target, operators, parentheses):
+    tokens = solve_points(numbers, target, tuple(operators), parentheses, rules="rl4vlm")
+    assert tokens is not None and formula_equals(tokens, target, "rl4vlm")
+    assert Counter(t for t in tokens if t.isdigit()) == Counter(str(n) for n in numbers)  # each card typed once
+    assert parentheses or "(" not in tokens
+    exact = solve_points(numbers, target, tuple(operators), parentheses)
+    if exact is not None and formula_equals(exact, target, "rl4vlm"):
+        assert tokens == exact  # the expert keeps playing the exact solution where it also wins under RL4VLM's rules
+
+
+def test_rl4vlm_replaces_exact_solutions_that_floats_break():
+    exact = solve_points([3, 3, 8, 8], 24)
+    assert evaluate(exact) == 24 and not formula_equals(exact, 24, "rl4vlm")  # 8/(3-8/3) is 23.99999999999999
+    tokens = solve_points([3, 3, 8, 8], 24, rules="rl4vlm")
+    assert tokens != exact and formula_equals(tokens, 24, "rl4vlm")
+    # Every exact solution the solver plays is checked under the floats: on all 715 deals, none that loses is kept.
+    for numbers in itertools.combinations_with_replacement(range(1, 11), 4):
+        tokens = solve_points(numbers, 24, rules="rl4vlm")
+        if solve_points(numbers, 24) is not None:
+            assert tokens is not None and formula_equals(tokens, 24, "rl4vlm"), numbers
 
 
 def test_points_expert_defaults_and_recovery():
@@ -131,6 +179,13 @@ def test_points_expert_defaults_and_recovery():
     assert points_expert_action(info) == 16  # "=": no undo, end the episode
     info = {"Numbers": [1, 1, 1, 1], "Formula": [], "target": 24}
     assert points_expert_action(info) == 16
+    # Under RL4VLM's rules a blank between two digits breaks "24": the expert gives up instead of typing on.
+    info = {"Numbers": [2, 4, 1, 1], "Formula": ["1", "+", "2", " "], "target": 24, "rules": "rl4vlm"}
+    assert solve_points([2, 4, 1, 1], 24, rules="rl4vlm")[:3] == ["1", "+", "2"]
+    assert points_expert_action(info) == 16
+    info["Formula"] = ["1", "+", "2"]
+    assert points_expert_action(info) == 3  # "4"
+    assert points_expert_action(info, rules="exact") == 16  # no exact solution for [2, 4, 1, 1]
 
 
 def test_blackjack_basic_strategy_table():

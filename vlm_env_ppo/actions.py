@@ -1,6 +1,6 @@
 """Map a model's text output to a legal env action: ``ParsedAction`` and ``parse_action`` (never raises).
 
-The paper (RL4VLM, DESIGN.md §2 step 4) looks at the text after the ``"action":`` key: if exactly one legal action
+The paper (RL4VLM) looks at the text after the ``"action":`` key: if exactly one legal action
 appears there it is played, otherwise the output is invalid (and the trainer plays a random action and/or applies a
 penalty — a config choice). This module does the same, more carefully than RL4VLM's ``text_projection``:
 

@@ -1,6 +1,6 @@
 """Completion log-probabilities and the chain-of-thought / action token weights.
 
-DESIGN.md §2 step 5: ``log pi(a|o) = λ * sum log p(CoT tokens) + sum log p(action tokens)``. RL4VLM found the
+The paper: ``log pi(a|o) = λ * sum log p(CoT tokens) + sum log p(action tokens)``. RL4VLM found the
 CoT/action boundary by searching for hard-coded token ids of ``"action":``, which broke whenever the tokenizer
 changed. Here the boundary is a *character* offset in the decoded completion (``ParsedAction.action_start``) and is
 mapped to a token index by decoding prefixes of the generated ids, which works for any tokenizer.

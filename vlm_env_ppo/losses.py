@@ -10,7 +10,7 @@ def policy_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate objective of PPO, as a loss to minimize (mean over the batch).
 
-    All inputs are ``(batch,)``: one λ-weighted action log-prob per env step (DESIGN.md §2, step 5).
+    All inputs are ``(batch,)``: one λ-weighted action log-prob per env step (the paper's method).
     Returns the loss and detached statistics: ``approx_kl`` (the low-variance ``k3`` estimate of
     KL(old || new)), ``clipfrac`` and the mean ``ratio``.
     """

@@ -2,7 +2,7 @@
 
 RL4VLM (Zhai et al., NeurIPS 2024) fine-tunes the VLM on instruction-following data (frames with JSON answers whose
 reasoning and action are correct) before PPO: RL from a raw model rarely produces a parsable action at all
-(DESIGN.md §2). Our envs have exact reference policies (`vlm_env_ppo.envs.solvers`), so that data is generated here:
+(its finding). Our envs have exact reference policies (`vlm_env_ppo.envs.solvers`), so that data is generated here:
 
 ```python
 >>> from vlm_env_ppo.sft import generate_sft_dataset
@@ -45,7 +45,7 @@ import gymnasium as gym
 import numpy as np
 
 from . import envs as _envs  # noqa: F401  (registers the environments)
-from .envs.formula import BLANK
+from .envs.formula import BLANK, DEFAULT_RULES, join_formula
 from .envs.probe import COLORS
 from .envs.solvers import blackjack_basic_strategy, number_line_oracle, solve_points
 from .tasks import Task, get_task, to_pil_image
@@ -73,18 +73,19 @@ def points_expert(observation, info: dict, env: gym.Env) -> tuple[int, str]:
     `vlm_env_ppo.envs.solvers.points_expert_action`), saying the cards, the formula so far and the plan."""
     names = list(env.action_names)
     target = int(info["target"])
+    rules = getattr(env, "rules", DEFAULT_RULES)  # the solution must win under the env's rule set
     operators = [op for op in ("+", "-", "*", "/") if op in names]
-    solution = solve_points(info["Numbers"], target, operators, parentheses="(" in names)
+    solution = solve_points(info["Numbers"], target, operators, parentheses="(" in names, rules=rules)
     typed = [str(token) for token in info.get("Formula", []) if str(token) != BLANK]
     cards = _join(info["Cards"])
     values = _join([str(n) for n in info["Numbers"]])
-    formula = " ".join(typed)
+    formula = join_formula(typed, rules)
     seen = f"The cards are {cards}, worth {values}. " + (
         f"The current formula is {formula}." if formula else "The current formula is empty."
     )
     if solution is None:
         return names.index("="), f"{seen} No formula with these numbers makes {target}, so I submit with '='."
-    plan = " ".join(solution)
+    plan = join_formula(solution, rules)  # as the prompt shows formulas: "24*1*1" under "rl4vlm"
     if typed != solution[: len(typed)]:
         return names.index("="), (
             f"{seen} It does not start my solution {plan} = {target} and there is no undo, so I submit with '='."

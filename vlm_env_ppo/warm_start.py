@@ -1,7 +1,7 @@
 """Teach a (tiny, random) model the answer *format* before PPO, without teaching it the answer.
 
 The paper runs PPO from an SFT checkpoint because RL from a raw model rarely produces a parsable action at all
-(DESIGN.md §2). A randomly initialised tiny VLM never does. This warm start trains on the trainer's own prompts with
+(its finding). A randomly initialised tiny VLM never does. This warm start trains on the trainer's own prompts with
 answers in the prompt's JSON format whose actions are drawn uniformly at random, independently of the observation:
 afterwards the model answers in the right format but is at chance on the task, so whatever it learns about the task
 comes from PPO. That is what the learning test and the quickstart need.

@@ -60,19 +60,25 @@ class EZPointsEnv(PointsGameEnv):
     ## Rewards
     - A number that is not on a card, or used more often than it appears on the cards: −1, and a blank is
       appended to the formula instead of the number (RL4VLM's behaviour: the formula still grows).
-    - ``=``: +10 if the formula equals 12 and both cards were used, −1 otherwise (including a syntax error).
-    - A step that makes the formula longer than ``max_formula_length`` (5): −1.
+    - ``=``: +10 if the formula equals 12 and both cards were used, −1 otherwise (including a syntax error). With
+      the default ``rules="exact"`` typing ``1`` then ``2`` is two numbers (a syntax error); with ``rules="rl4vlm"``
+      it is 12, as RL4VLM's ``eval`` read it.
+    - A step that makes the formula longer than ``max_formula_length`` (5): −1 (``rules="rl4vlm"``: the step
+      after it, see Episode End).
     - Any other step: 0.
 
     ## Episode End
     - Termination: ``=`` was pressed.
-    - Truncation: the formula became longer than ``max_formula_length`` tokens (blanks count). RL4VLM checked the
-      length at the start of the next step, ignoring that step's action; here the over-long step itself truncates.
+    - Truncation: the formula became longer than ``max_formula_length`` tokens (blanks count): that step itself
+      truncates (``rules="exact"``). With ``rules="rl4vlm"``, as in RL4VLM, the cap is checked before the action:
+      the step that makes the formula one token too long is played as usual, and the next one (even ``=``) is
+      ignored with −1 and truncation.
 
     ## Information
     ``info`` has ``"Cards"`` (rank labels as printed, e.g. ``["K", "2"]``), ``"Suits"``, ``"Numbers"`` (the
     values used in arithmetic, e.g. ``[10, 2]``), ``"Formula"`` (the tokens typed so far, RL4VLM's key, blanks as
-    ``" "``), ``"formula_text"`` (the tokens joined by spaces), ``"target"``, ``"solvable"`` (always `True` here),
+    ``" "``), ``"formula_text"`` (what the prompt shows: the tokens joined by spaces, or
+    without separators under ``rules="rl4vlm"``, as RL4VLM's prompt did), ``"rules"``, ``"target"``, ``"solvable"`` (always `True` here),
     ``"is_success"`` and ``"invalid_number"`` (this step's number was not available).
 
     ## Arguments
@@ -80,12 +86,19 @@ class EZPointsEnv(PointsGameEnv):
     - ``target`` (default 12): the number to make.
     - ``treat_face_cards_as_10`` (default `True`): J/Q/K count 10; with `False` they count 11/12/13.
     - ``max_formula_length`` (default 5): the longest formula (tokens) before truncation.
+    - ``rules`` (default ``"exact"``): how ``=`` reads the formula. ``"exact"``: one token per number, exact rational
+      arithmetic. ``"rl4vlm"``: RL4VLM's ``eval`` of the tokens joined without separators, for comparisons with the
+      paper: numbers typed side by side are one number (``1`` ``2`` is 12), ``*`` ``*`` is a power, ``/`` is float
+      division compared with ``==`` to 12, integer powers over 2**4096 count as invalid (RL4VLM hung on them;
+      no winning formula reaches them), and the length cap bites one step late (see Episode End). Any other value
+      raises `ValueError`.
 
     ``reset(options={"ranks": [13, 2]})`` deals the given ranks (1..13, A=1, J=11, Q=12, K=13; optionally
     ``"suits"`` too) instead of random ones, e.g. to evaluate on fixed deals.
 
     ## Version History
-    - v0: the RL4VLM rules, with exact arithmetic instead of `eval` and seeding through ``np_random`` only.
+    - v0: the RL4VLM rules, with exact arithmetic instead of `eval` and seeding through ``np_random`` only;
+      ``rules="rl4vlm"`` added for RL4VLM's own formula semantics (the default stays ``"exact"``).
     """
 
     ACTION_NAMES = points_action_names(10, ("+", "*"))
@@ -99,8 +112,9 @@ class EZPointsEnv(PointsGameEnv):
         target: int | None = None,
         treat_face_cards_as_10: bool = True,
         max_formula_length: int | None = None,
+        rules: str = "exact",
     ):
-        super().__init__(render_mode, target, treat_face_cards_as_10, max_formula_length)
+        super().__init__(render_mode, target, treat_face_cards_as_10, max_formula_length, rules)
         max_number = 10 if self.treat_face_cards_as_10 else 13
         firsts = range(2, 11) if self.treat_face_cards_as_10 else range(2, 13)
         impossible = [v for v in firsts if _partners(v, self.target, max_number) == (None, None)]

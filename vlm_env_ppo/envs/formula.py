@@ -1,6 +1,10 @@
-"""A small, safe arithmetic evaluator for the points games' formulas (never `eval`).
+"""Small, safe arithmetic evaluators for the points games' formulas (never `eval`), one per rule set.
 
-Grammar (recursive descent, usual precedence, left-associative)::
+- ``"exact"`` (`evaluate`, our rules): exact rational arithmetic over one token per number.
+- ``"rl4vlm"`` (`evaluate_rl4vlm`): what RL4VLM's gym_cards computed with Python's ``eval`` on the tokens joined
+  without separators, reproduced by a parser of Python's own expression grammar, with hard bounds.
+
+Grammar of ``"exact"`` (recursive descent, usual precedence, left-associative)::
 
     expr   := term (("+" | "-") term)*
     term   := factor (("*" | "/") factor)*
@@ -24,6 +28,7 @@ True
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 from fractions import Fraction
@@ -178,3 +183,228 @@ def formula_value_equals(formula, target) -> bool:
     """Whether ``formula`` is valid and its exact value equals ``target``."""
     value = evaluate(formula)
     return value is not None and value == target
+
+
+# ---------------------------------------------------------------------------------------------------- rule sets
+RULES = ("exact", "rl4vlm")
+DEFAULT_RULES = "exact"
+
+
+def check_rules(rules) -> str:
+    """``rules`` if it names a rule set (`RULES`); a `ValueError` naming the allowed values otherwise."""
+    if not isinstance(rules, str) or rules not in RULES:
+        allowed = ", ".join(repr(name) for name in RULES)
+        raise ValueError(f"`rules` must be one of {allowed}, got {rules!r}.")
+    return rules
+
+
+def evaluate_with_rules(formula, rules: str = DEFAULT_RULES, max_length: int = MAX_FORMULA_LENGTH):
+    """The value of ``formula`` under ``rules`` (`evaluate` or `evaluate_rl4vlm`); `None` if it is invalid."""
+    if check_rules(rules) == "rl4vlm":
+        return evaluate_rl4vlm(formula, max_length=max_length)
+    return evaluate(formula, max_length=max_length)
+
+
+def formula_equals(formula, target, rules: str = DEFAULT_RULES, max_length: int = MAX_FORMULA_LENGTH) -> bool:
+    """Whether ``formula`` is valid and equals ``target`` under ``rules``: exactly for ``"exact"``; with Python's
+    ``==`` on the computed int/float/complex for ``"rl4vlm"`` (so 23.999999999999996 is not 24, as in RL4VLM)."""
+    value = evaluate_with_rules(formula, rules, max_length)
+    return value is not None and value == target
+
+
+def join_formula(tokens: Sequence, rules: str = DEFAULT_RULES) -> str:
+    """The formula as text: tokens joined by spaces (``"exact"``: one token per number, so ``"2 4"``) or without
+    separators (``"rl4vlm"``: RL4VLM's prompt showed ``"".join(Formula)``, so its model read ``"24"``; blanks stay
+    as spaces, as they did there)."""
+    separator = "" if check_rules(rules) == "rl4vlm" else " "
+    return separator.join(str(token) for token in tokens)
+
+
+# ---------------------------------------------------------------------------------------------------- "rl4vlm"
+# RL4VLM evaluated ``eval("".join(formula))`` and compared the result with ``==`` to the target. Joining without
+# separators gives Python's lexing: adjacent digits form one number ("2", "4" -> 24), "*" "*" is a power and "/" "/"
+# floor division; "/" is float division. The parser below follows Python's grammar for these tokens:
+#
+#     expr   := term (("+" | "-") term)*
+#     term   := factor (("*" | "/" | "//") factor)*
+#     factor := ("+" | "-") factor | power
+#     power  := atom ["**" factor]                      (right-associative: 2**3**2 is 2**9)
+#     atom   := NUMBER | "(" expr ")"
+#
+# and computes with Python's own int/float/complex operators, so rounding, floor division and overflow errors are
+# Python's. Anything Python rejected or that raised (a syntax error, ZeroDivisionError, OverflowError, a call such
+# as "(2)(3)", the tuple "()") never equalled the target there and is `None` here: the reward is −1 either way.
+#
+# The bound: an integer power whose result would exceed 2**MAX_POWER_BITS in magnitude is `None` instead of being
+# computed ("9**9**9" made RL4VLM's env hang). No formula the original scores +10 is lost, for any deal of at most
+# four cards (numbers 1..13) and any target t with 13 * (t + 1) < 2**MAX_POWER_BITS:
+# - a power uses at least two cards; with exactly two, base and exponent are single numbers <= 13, so
+#   |result| <= 13**13 < 2**49: never over the bound;
+# - an over-bound power X that uses all the cards leaves only signs to apply: the value is ±X, not t;
+# - one that uses three cards meets the last number e (<= 13) in one operation (with signs): X ± e, X * e, X / e
+#   and X // e are at least 2**MAX_POWER_BITS / 13 - 1 in magnitude (or overflow), e / X is below 1 in magnitude,
+#   e // X is 0 or -1, X ** ±e is huge or below 1, e ** X is ±1 for e = 1 and otherwise huge (or a float below 1
+#   for e ** -X): never t.
+# Other operations stay cheap: ints grow only through powers, each at most MAX_POWER_BITS bits, so a formula of
+# MAX_FORMULA_LENGTH tokens holds at most a few hundred thousand bits; float and complex operations are O(1).
+MAX_POWER_BITS = 4096
+
+
+def evaluate_rl4vlm(formula, max_length: int = MAX_FORMULA_LENGTH, max_depth: int = MAX_DEPTH):
+    """The value RL4VLM's ``eval`` gave ``formula`` (an `int`, `float` or `complex`), or `None` where it raised or
+    gave no number — computed without `eval`, with the bounds above. Never raises.
+
+    ``formula`` is a string, or a token sequence joined without separators (as RL4VLM did): ``["2", "4"]`` is 24,
+    ``["2", " ", "4"]`` (a blank between) a syntax error, ``["7", "3", "/", "/", "3"]`` is ``73 // 3``. Invalid
+    as in `evaluate`, plus: a number with a leading zero (Python rejects ``07``), whitespace other than spaces and
+    tabs, and an integer power over `MAX_POWER_BITS` bits.
+
+    >>> evaluate_rl4vlm(["2", "4", "*", "1"])
+    24
+    >>> evaluate_rl4vlm("8/(3-8/3)")  # floats: not 24
+    23.99999999999999
+    >>> evaluate_rl4vlm("9**9**9") is None
+    True
+    """
+    text = _rl4vlm_text(formula, max_length)
+    if text is None:
+        return None
+    tokens = _python_tokens(text)
+    if not tokens:
+        return None
+    parser = _PythonParser(tokens, min(int(max_depth), HARD_MAX_DEPTH))
+    try:
+        value = parser.expr(0)
+        if parser.pos != len(tokens):
+            raise _Invalid(f"unexpected {tokens[parser.pos]!r}")
+    except _Invalid:
+        return None
+    return value
+
+
+def _rl4vlm_text(formula, max_length: int) -> str | None:
+    """``formula`` as the text RL4VLM's ``eval`` saw (a sequence joined without separators); `None` if invalid."""
+    if isinstance(formula, str):
+        return formula if len(formula) <= max_length else None
+    if not isinstance(formula, (list, tuple)) or len(formula) > max_length:
+        return None
+    parts = []
+    for item in formula:
+        token = _token_from_item(item)
+        if token is None:
+            return None
+        parts.append(token or BLANK)  # a blank stays a space: it separates Python tokens ("2 4" is not 24)
+    return "".join(parts)
+
+
+def _python_tokens(text: str) -> list[str] | None:
+    """Python's tokens of ``text`` for our alphabet (longest match: ``***`` is ``**`` then ``*``); `None` for
+    anything else. Only spaces and tabs separate: ``eval`` strips them at the start and skips them between tokens."""
+    tokens: list[str] = []
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char in " \t":
+            i += 1
+        elif char.isascii() and char.isdigit():
+            start = i
+            while i < len(text) and text[i].isascii() and text[i].isdigit():
+                i += 1
+            number = text[start:i]
+            if len(number) > MAX_NUMBER_DIGITS or (number[0] == "0" and number.strip("0")):
+                return None  # over the digit cap, or Python 3's "leading zeros are not permitted"
+            tokens.append(number)
+        elif char in "*/" and text[i + 1 : i + 2] == char:
+            tokens.append(char * 2)
+            i += 2
+        elif char in OPERATORS:
+            tokens.append(char)
+            i += 1
+        else:
+            return None
+    return tokens
+
+
+def _python_binary(op: str, left, right):
+    """``left op right`` with Python's operators; an integer power over the bound, or any error, is `_Invalid`."""
+    try:
+        if op == "+":
+            return left + right
+        if op == "-":
+            return left - right
+        if op == "*":
+            return left * right
+        if op == "/":
+            return left / right
+        if op == "//":
+            return left // right
+        if _power_over_bound(left, right):
+            raise _Invalid("power over the bound")
+        return left**right
+    except (ArithmeticError, TypeError, ValueError) as err:  # what made RL4VLM's eval raise: reward −1 there
+        raise _Invalid(str(err)) from err
+
+
+def _power_over_bound(base, exponent) -> bool:
+    """Whether ``base ** exponent`` is an integer power over `MAX_POWER_BITS` bits (the only way to a huge result:
+    a negative exponent gives a float, float and complex powers are O(1), and |base| <= 1 stays small)."""
+    if not (isinstance(base, int) and isinstance(exponent, int)) or exponent <= 0 or abs(base) <= 1:
+        return False
+    return exponent > MAX_POWER_BITS or exponent * math.log2(abs(base)) > MAX_POWER_BITS
+
+
+class _PythonParser:
+    """Recursive descent over Python's tokens; ``depth`` counts parentheses, unary signs and exponents."""
+
+    def __init__(self, tokens: Sequence[str], max_depth: int):
+        self.tokens = tokens
+        self.pos = 0
+        self.max_depth = max_depth
+
+    def _peek(self) -> str | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def expr(self, depth: int):
+        value = self.term(depth)
+        while self._peek() in ("+", "-"):
+            op = self.tokens[self.pos]
+            self.pos += 1
+            value = _python_binary(op, value, self.term(depth))
+        return value
+
+    def term(self, depth: int):
+        value = self.factor(depth)
+        while self._peek() in ("*", "/", "//"):
+            op = self.tokens[self.pos]
+            self.pos += 1
+            value = _python_binary(op, value, self.factor(depth))
+        return value
+
+    def factor(self, depth: int):
+        if depth > self.max_depth:
+            raise _Invalid("nested too deeply")
+        token = self._peek()
+        if token in ("+", "-"):
+            self.pos += 1
+            value = self.factor(depth + 1)
+            return -value if token == "-" else value  # never raises for an int, float or complex
+        base = self.atom(depth)
+        if self._peek() != "**":
+            return base
+        self.pos += 1
+        return _python_binary("**", base, self.factor(depth + 1))  # the exponent is a factor: 2**-1, 2**3**2
+
+    def atom(self, depth: int):
+        token = self._peek()
+        if token is None:
+            raise _Invalid("unexpected end of formula")
+        self.pos += 1
+        if token.isdigit():
+            return int(token)
+        if token == "(":
+            value = self.expr(depth + 1)  # "()" fails here: RL4VLM's empty tuple never equalled a number
+            if self._peek() != ")":
+                raise _Invalid("missing ')'")
+            self.pos += 1
+            return value
+        raise _Invalid(f"unexpected {token!r}")

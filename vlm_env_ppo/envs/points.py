@@ -3,12 +3,20 @@
 `PointsGameEnv` holds the rules; the subclasses `EZPointsEnv` (``ez_points.py``) and `Points24Env`
 (``points24.py``) choose the deal, the operators, the target and the formula length cap.
 
-Rules (DESIGN.md §3, RL4VLM's gym_cards): every action appends its token to the formula. A number that is not on a
-card, or is used more often than it appears on the cards, is invalid: reward −1 and a blank (``" "``) is appended
-instead, as RL4VLM does, so an invalid action still lengthens the formula. ``=`` evaluates the formula (exactly,
-with `vlm_env_ppo.envs.formula.evaluate`; blanks are skipped): +10 if it equals the target and every card was
-used, −1 otherwise; the episode terminates. A step that makes the formula longer than the cap truncates the
-episode with reward −1.
+Rules (after RL4VLM's gym_cards): every action appends its token to the formula. A number that is not on a card, or
+is used more often than it appears on the cards, is invalid: reward −1 and a blank (``" "``) is appended instead,
+as RL4VLM does, so an invalid action still lengthens the formula. ``=`` evaluates the formula: +10 if it equals the
+target and every card was used, −1 otherwise; the episode terminates. Two rule sets (``rules=``) decide how the
+formula is read and when the length cap bites:
+
+- ``"exact"`` (the default): one token per number (``2`` then ``4`` is two numbers, a syntax error), only
+  ``+ - * / ( )``, exact rational arithmetic (`vlm_env_ppo.envs.formula.evaluate`; blanks are skipped); the step
+  that makes the formula longer than the cap truncates the episode with −1.
+- ``"rl4vlm"``: RL4VLM's semantics, for comparisons with the paper (`evaluate_rl4vlm`): the tokens are read as the
+  Python text they join into (``2`` ``4`` is 24, ``*`` ``*`` a power, ``/`` ``/`` floor division, ``/`` float
+  division compared with ``==``), with a bound on integer powers instead of RL4VLM's hang; the cap is checked
+  before the action, so one token past the cap is accepted (0, or −1 if invalid) and the next action, even ``=``,
+  is ignored with −1 and truncation. ``info["formula_text"]`` (what the prompt shows) is joined without spaces.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from gymnasium import spaces
 from PIL import Image, ImageDraw
 
 from .cards import SUITS, TABLE_GREEN, card_value, font, paste_card, points_action_names, rank_label, wrap_tokens
-from .formula import BLANK, evaluate
+from .formula import BLANK, DEFAULT_RULES, check_rules, formula_equals, join_formula
 from .solvers import solve_points
 
 FRAME_SIZE = 300
@@ -43,6 +51,7 @@ class PointsGameEnv(gym.Env):
         target: int | None = None,
         treat_face_cards_as_10: bool = True,
         max_formula_length: int | None = None,
+        rules: str = DEFAULT_RULES,
     ):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"Unsupported render_mode {render_mode!r}; the only render mode is 'rgb_array'.")
@@ -54,6 +63,7 @@ class PointsGameEnv(gym.Env):
         )
         if self.max_formula_length < 1:
             raise ValueError(f"`max_formula_length` must be >= 1, got {self.max_formula_length}.")
+        self.rules = check_rules(rules)
         # J/Q/K as 10 (the default) keeps the numbers 1..10; otherwise they are 11..13 and the actions grow to match.
         self.action_names = points_action_names(10 if self.treat_face_cards_as_10 else 13, self.OPERATORS)
         self.action_space = spaces.Discrete(len(self.action_names))
@@ -81,7 +91,8 @@ class PointsGameEnv(gym.Env):
         self._formula = []
         self._used = Counter()
         operators = [op for op in ("+", "-", "*", "/") if op in self.OPERATORS]
-        self._solvable = solve_points(self._numbers, self.target, operators, "(" in self.OPERATORS) is not None
+        solution = solve_points(self._numbers, self.target, operators, "(" in self.OPERATORS, rules=self.rules)
+        self._solvable = solution is not None
         self._table = self._draw_table()
         self._frame = self._draw_frame()
         return self._frame.copy(), self._get_info()
@@ -93,10 +104,13 @@ class PointsGameEnv(gym.Env):
         name = self.action_names[int(action)]
         reward, terminated, truncated = 0.0, False, False
         invalid_number = success = False
-        if name == "=":
-            value = evaluate(self._formula, max_length=max(256, len(self._formula)))
+        if self.rules == "rl4vlm" and len(self._formula) > self.max_formula_length:
+            # RL4VLM checks the cap before the action: the step after the over-long one is ignored, even "=".
+            reward, truncated = -1.0, True
+        elif name == "=":
             used_all = sum(self._used.values()) == len(self._numbers)
-            success = used_all and value is not None and value == self.target
+            length = max(256, len(self._formula))  # the env's own cap decides the length, not the evaluator's
+            success = used_all and formula_equals(self._formula, self.target, self.rules, max_length=length)
             reward, terminated = (10.0 if success else -1.0), True
         elif name.isdigit():
             number = int(name)
@@ -108,7 +122,7 @@ class PointsGameEnv(gym.Env):
                 self._formula.append(name)
         else:
             self._formula.append(name)
-        if not terminated and len(self._formula) > self.max_formula_length:
+        if self.rules == "exact" and not terminated and len(self._formula) > self.max_formula_length:
             reward, truncated = -1.0, True  # one −1 for the step, also when the number was invalid
         self._frame = self._draw_frame()
         info = self._get_info()
@@ -121,9 +135,10 @@ class PointsGameEnv(gym.Env):
             "Suits": list(self._suits),
             "Numbers": list(self._numbers),
             "Formula": list(self._formula),
-            "formula_text": " ".join(self._formula),  # "2 4" is two numbers, as drawn
+            "formula_text": join_formula(self._formula, self.rules),  # what the prompt shows: "2 4", or "24" (rl4vlm)
             "target": self.target,
             "solvable": self._solvable,
+            "rules": self.rules,
             "is_success": False,
             "invalid_number": False,
         }
@@ -150,8 +165,9 @@ class PointsGameEnv(gym.Env):
         draw = ImageDraw.Draw(image)
         top = self._card_boxes()[0][3] + 14
         size, width = FORMULA_FONT_SIZE, FRAME_SIZE - 20
-        # Like RL4VLM's frame, tokens are joined by spaces; a blank (invalid number) shows as a wider gap. A formula
-        # that does not fit after "Formula:" goes on the lines below it.
+        # Like RL4VLM's frame, tokens are joined by spaces under both rule sets (only its prompt joined them without);
+        # a blank (invalid number) shows as a wider gap. A formula that does not fit after "Formula:" goes on the
+        # lines below it.
         lines = wrap_tokens(["Formula:", *self._formula], size, width)
         if len(lines) > 1:
             lines = ["Formula:", *wrap_tokens(self._formula, size, width)]

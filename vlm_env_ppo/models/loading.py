@@ -136,7 +136,7 @@ def disable_dropout(model: nn.Module) -> int:
 
 def disable_bnb_cpu_repacking(model: nn.Module) -> None:
     """bitsandbytes' AVX512-BF16 CPU path repacks 4-bit weights on the first no-grad forward, which breaks a later
-    training forward of a 4-bit policy (QLoRA); turning it off per layer avoids that (DESIGN.md §6)."""
+    training forward of a 4-bit policy (QLoRA); turning it off per layer avoids that."""
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False

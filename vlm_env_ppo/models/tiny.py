@@ -13,7 +13,7 @@ processor around a PIL image processor.
 >>> processor = AutoProcessor.from_pretrained(path)                     # doctest: +SKIP
 ```
 
-Working without torchvision (DESIGN.md §6):
+Working without torchvision (a dependency we do not require):
 
 - Image processors: transformers 5 has two backends per image processor, torchvision (the plain class name, e.g.
   ``Qwen2VLImageProcessor``) and PIL/numpy (``...ImageProcessorPil``). We build the ``...Pil`` class; the saved

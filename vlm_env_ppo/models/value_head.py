@@ -1,6 +1,6 @@
 """The value head and the one forward pass that gives PPO both token log-probs and values.
 
-The value head sits on the VLM's own last hidden state at the final prompt token (DESIGN.md §2 step 6), so policy
+The value head sits on the VLM's own last hidden state at the final prompt token (the paper's), so policy
 and critic share one body: no second model.
 """
 
