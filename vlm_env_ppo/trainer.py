@@ -65,6 +65,7 @@ from .models.loading import (
     freeze_vision_tower,
     generation_suppress_token_ids,
     get_tokenizer,
+    image_token_ids,
     load_policy,
     load_processor,
     load_reference_model,
@@ -534,7 +535,7 @@ class VLMPPOTrainer(BaseTrainer):
             out.kl = kl.sum(-1).float().cpu()
         else:
             out.kl = torch.zeros(n)
-        out.prompts = split_inputs(inputs, n, image_counts)
+        out.prompts = split_inputs(inputs, n, image_counts, image_token_ids(policy.config, self.processing_class))
         return out
 
     def _ref_logprobs(self, inputs, completion_ids, completion_mask) -> torch.Tensor:

@@ -161,6 +161,17 @@ def generation_suppress_token_ids(processor_or_tokenizer, model_config, keep_ids
     return sorted(i for i in suppress - keep if i >= 0 and (vocab is None or i < vocab))
 
 
+def image_token_ids(model_config, processor_or_tokenizer=None) -> list[int]:
+    """The id(s) a VLM replaces with image features: the config's ``image_token_id`` / ``image_token_index`` (Gemma 3:
+    the soft image token, not ``<start_of_image>``; InternVL: ``<IMG_CONTEXT>``), else the processor's
+    ``image_token_id``. Empty for a text-only model. `split_inputs` counts them to share out tiles between prompts."""
+    for key in ("image_token_id", "image_token_index"):
+        ids = _as_ids(getattr(model_config, key, None))
+        if ids:
+            return ids
+    return _as_ids(getattr(processor_or_tokenizer, "image_token_id", None))
+
+
 def _config_items(config):
     if config is None:
         return []
