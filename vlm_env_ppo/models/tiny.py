@@ -385,6 +385,10 @@ def _build_qwen_vl(tokenizer, overrides: dict, version: str):
         vision.update(num_position_embeddings=64, deepstack_visual_indexes=[0])
     else:
         vision.update(window_size=4 * patch_size, fullatt_block_indexes=[1])
+    # The common names, as the other families' vision configs spell them, for Qwen's `depth` / `num_heads`.
+    for common, qwen_name in (("num_hidden_layers", "depth"), ("num_attention_heads", "num_heads")):
+        if common in vision_overrides:
+            vision_overrides[qwen_name] = vision_overrides.pop(common)
     vision.update(vision_overrides)
     config_cls = Qwen3VLConfig if qwen3 else Qwen2_5_VLConfig
     config = config_cls(
@@ -479,16 +483,14 @@ def _build_gemma3(tokenizer, overrides: dict):
     image_size, patch_size, vision_overrides = _vision_knobs(overrides, 64, 8)
     mm_tokens = overrides.pop("mm_tokens_per_image", max(1, (image_size // patch_size) ** 2 // 4))
     head_dim = _WIDTH // 4
-    text = Gemma3TextConfig(
-        **_text_kwargs(
-            tokenizer,
-            head_dim=head_dim,
-            query_pre_attn_scalar=head_dim,
-            sliding_window=64,
-            layer_types=["sliding_attention", "full_attention"],
-            **overrides.pop("text_config", {}),
-        )
+    text = _text_kwargs(tokenizer, head_dim=head_dim, query_pre_attn_scalar=head_dim, sliding_window=64)
+    text.update(overrides.pop("text_config", {}))
+    # Gemma 3's pattern, sliding-window layers then a full-attention one, sized to the number of layers.
+    text.setdefault(
+        "layer_types",
+        ["full_attention" if (i + 1) % 2 == 0 else "sliding_attention" for i in range(text["num_hidden_layers"])],
     )
+    text = Gemma3TextConfig(**text)
     vision = SiglipVisionConfig(**_vision_kwargs(image_size=image_size, patch_size=patch_size, **vision_overrides))
     config = Gemma3Config(
         text_config=text,
@@ -579,6 +581,12 @@ def create_tiny_vlm(
         config, processor = _build_internvl(tokenizer, overrides)
     torch.manual_seed(seed)
     model = auto.from_config(config)
+    if family == "gemma3":
+        # Gemma 3 initialises its image projection to zeros (real checkpoints overwrite it): random tiny weights would
+        # give all-zero image features, a model blind to its images whose vision tower never gets a gradient.
+        projector = model.model.multi_modal_projector
+        with torch.no_grad():
+            projector.mm_input_projection_weight.normal_(std=config.initializer_range)
     model.eval()
     generation_config = model.generation_config
     generation_config.bos_token_id = tokenizer.bos_token_id
