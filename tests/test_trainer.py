@@ -442,6 +442,51 @@ def test_user_subclass_with_own_env_trains(tiny_vlm_path, tmp_path):
     assert any(not torch.equal(before[n], after[n]) for n in before)
 
 
+def without_images(messages):
+    """TRL's convention: the same messages with ``{"type": "image"}`` placeholders instead of the images."""
+    return [
+        {**m, "content": [{"type": "image"} if p["type"] == "image" else p for p in m["content"]]} for m in messages
+    ]
+
+
+def test_trl_style_image_placeholders_are_filled_with_the_steps_frames(tiny_vlm_path, tmp_path):
+    """A `build_messages` written as in TRL's examples (placeholders, no images) gives exactly the prompts of the same
+    messages with the frames in them: earlier turns' frames from `info["history"]` first, then the observation. A
+    hook that writes fewer placeholders than the step has frames gets an error that names it."""
+    placeholders = {"n": None}  # None: one per frame; an int: that many, all in the last message
+
+    class PlaceholderTrainer(VLMPPOTrainer):
+        def build_messages(self, observation, info):
+            messages = without_images(super().build_messages(observation, info))
+            if placeholders["n"] is not None:
+                messages = [{"role": "user", "content": [{"type": "image"}] * placeholders["n"] + [
+                    {"type": "text", "text": "Which action?"}]}]
+            return messages
+
+    args = make_args(tmp_path, num_envs=2, history_length=2)
+    trainer = PlaceholderTrainer(tiny_vlm_path("llava_next"), args, env="MiniGrid-Empty-5x5-v0")
+    obs, infos = trainer.envs.reset(seed=0)
+    for _ in range(2):  # two steps: each env's info carries two earlier frames
+        obs, _, _, _, infos = trainer.envs.step(np.zeros(2, dtype=np.int64))  # turn left: never ends
+    infos = unbatch_infos(infos, 2)
+    assert all(len(i["history"]) == 2 for i in infos)
+    # Different frames per turn, so a wrong order would give other pixels.
+    frames = [t["frame"] for t in infos[0]["history"]] + [obs[0]]
+    assert not np.array_equal(frames[0], frames[2])
+
+    inputs, counts = trainer._inputs_and_image_counts(list(obs), infos)
+    expected = trainer.build_model_inputs([trainer.task.build_messages(o, i) for o, i in zip(obs, infos)])
+    assert counts == [3, 3] and inputs.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(inputs[key], expected[key], rtol=0, atol=0)
+    out = trainer.act(list(obs), infos)  # and the trainer acts on them
+    assert len(out.prompts) == 2 and out.prompts[0]["pixel_values"].shape[0] == 3
+
+    placeholders["n"] = 1
+    with pytest.raises(ValueError, match=r"`build_messages` returned 1 image placeholder.*3 frame\(s\): 2 from"):
+        trainer._inputs_and_image_counts(list(obs), infos)
+
+
 # ----------------------------------------------------------------------------------------------- config errors
 @pytest.mark.parametrize(
     "overrides, message",

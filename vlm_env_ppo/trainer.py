@@ -48,6 +48,7 @@ from .agent import (
     build_model_inputs,
     eos_token_ids,
     evaluate_episodes,
+    fill_image_placeholders,
     generate_completions,
     load_agent_policy,
     load_value_head,
@@ -387,7 +388,8 @@ class VLMPPOTrainer(BaseTrainer):
 
     # ------------------------------------------------------------------ hooks
     def build_messages(self, observation, info: dict) -> list[dict]:
-        """Chat messages (with the image) for one env's observation. Override for your own env."""
+        """Chat messages (with the image) for one env's observation. Override for your own env. TRL-style
+        ``{"type": "image"}`` parts without an image are filled with the step's frames (`fill_image_placeholders`)."""
         if self.task is None:
             raise NotImplementedError("Pass `task=` or override `build_messages` and `parse_action`.")
         return self.task.build_messages(observation, info, action_only=self.args.action_only)
@@ -486,7 +488,7 @@ class VLMPPOTrainer(BaseTrainer):
 
     def _inputs_and_image_counts(self, observations, infos: list[dict]) -> tuple[dict, list[int]]:
         """Processor outputs for ``observations`` and how many images each prompt holds (for `split_inputs`)."""
-        messages = [self.build_messages(o, i) for o, i in zip(observations, infos)]
+        messages = [fill_image_placeholders(self.build_messages(o, i), o, i) for o, i in zip(observations, infos)]
         counts = [
             sum(
                 1
