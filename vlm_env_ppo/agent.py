@@ -20,7 +20,12 @@ from transformers import AutoProcessor, GenerationConfig, PreTrainedTokenizerBas
 
 from .actions import ParsedAction
 from .envs.adapter import HISTORY, HistoryWrapper, adapted_factory
-from .models.loading import auto_model_from_pretrained, generation_suppress_token_ids, get_tokenizer
+from .models.loading import (
+    auto_model_from_pretrained,
+    check_model_path,
+    generation_suppress_token_ids,
+    get_tokenizer,
+)
 from .models.value_head import VALUE_HEAD_WEIGHTS, ValueHead, policy_forward
 from .rollout import episode_success
 from .tasks import Task, get_task, to_pil_image
@@ -360,6 +365,7 @@ class VLMAgent:
         cls, path: str, task: Task | None = None, device: str | torch.device | None = None, **model_kwargs
     ) -> VLMAgent:
         """Load a saved agent folder (local path or Hub repo id)."""
+        check_model_path(path)
         if not os.path.isdir(path):
             from huggingface_hub import snapshot_download
 
