@@ -13,19 +13,22 @@ processor around a PIL image processor.
 >>> processor = AutoProcessor.from_pretrained(path)                     # doctest: +SKIP
 ```
 
-Working without torchvision (DESIGN.md §6):
+Working without torchvision (the test machines and many CPU-only installs have none that imports next to their
+torch):
 
 - Image processors: transformers 5 has two backends per image processor, torchvision (the plain class name, e.g.
   ``Qwen2VLImageProcessor``) and PIL/numpy (``...ImageProcessorPil``). We build the ``...Pil`` class; the saved
   ``image_processor_type`` is the plain name, which ``AutoImageProcessor`` maps to the PIL backend when torchvision
   is missing (and to the torchvision one when it is installed).
-- Video processors have no PIL backend, and in transformers 5.23 a processor that owns a ``video_processor``
-  (Qwen2.5-VL, Qwen3-VL, SmolVLM) can be neither built nor loaded without torchvision, even for images only. Tiny
-  Qwen2.5-VL checkpoints store a bare ``VideoProcessorMixin`` as video processor, and
+- Video processors have no PIL backend, and in transformers 5.24 a processor that owns a ``video_processor``
+  (Qwen2.5-VL, Qwen3-VL, SmolVLM, InternVL) can be neither built nor loaded without torchvision, even for images
+  only. Tiny checkpoints of those families store a bare ``VideoProcessorMixin`` as video processor, and
   `allow_video_processors_without_torchvision` (run on ``import vlm_env_ppo.models``) makes transformers accept
-  it. So: a tiny Qwen2.5-VL loads with ``AutoProcessor`` in any process that imported ``vlm_env_ppo.models`` (the
-  trainer does); without that import and without torchvision, ``AutoProcessor`` raises "requires torchvision".
-- Idefics3 (SmolVLM's architecture) has no video sub-processor, which is why it stands in for SmolVLM here.
+  it. So such a tiny checkpoint loads with ``AutoProcessor`` in any process that imported ``vlm_env_ppo.models``
+  (the trainer does); without that import and without torchvision, ``AutoProcessor`` raises "requires
+  torchvision". Real checkpoints of these families store real video processors: they need torchvision.
+- Pixtral / Mistral 3 is not built here: ``PixtralProcessor`` itself requires torchvision.
+- SmolVLM's processor needs the ``num2words`` package.
 """
 
 from __future__ import annotations
@@ -600,14 +603,25 @@ def build_tiny_vlm(family: str, output_dir: str | os.PathLike, *, seed: int = 0,
 
     Args:
         family: one of `TINY_FAMILIES`: ``"llava"``, ``"llava_next"`` (the paper's LLaVA-1.6), ``"qwen2_5_vl"``,
-            ``"idefics3"`` (SmolVLM's architecture); or ``"text"``, a text-only Llama (``AutoModelForCausalLM`` and
-            a tokenizer, for text envs).
+            ``"qwen3_vl"``, ``"gemma3"``, ``"idefics3"``, ``"smolvlm"`` (SmolVLM2's layout), ``"internvl"``
+            (InternVL 3 / 3.5, tiling on); or ``"text"``, a text-only Llama (``AutoModelForCausalLM`` and a
+            tokenizer, for text envs).
         output_dir: where to write ``config.json``, the weights, the tokenizer and the processor files.
         seed: ``torch.manual_seed`` for the random weights: the same seed gives the same checkpoint.
         **overrides: ``vocab_size`` / ``extra_texts`` for `train_tiny_tokenizer`; fields of the top-level VLM
-            config (e.g. ``vision_feature_layer=-1``); ``text_config={...}`` for the language model; family knobs:
-            ``image_size``, ``patch_size`` (LLaVA, Idefics3), ``image_grid_pinpoints`` (LLaVA-NeXT),
-            ``max_image_side``, ``vision_config={...}`` (Qwen2.5-VL).
+            config (e.g. ``vision_feature_layer=-1``); and the same knobs for every VLM family:
+
+            - ``image_size``: the vision tower's input side in pixels (LLaVA, Idefics3, SmolVLM, InternVL: one
+              crop or tile; Gemma 3: the whole image). Qwen2.5-VL / Qwen3-VL take images at their own size:
+              there it is the largest side an image is resized to (``max_image_side`` is its older name).
+            - ``patch_size``: the vision transformer's patch side in pixels.
+            - ``vision_config={...}``: fields of the vision tower's config, applied last (e.g.
+              ``{"num_hidden_layers": 1}``; for Qwen, ``num_hidden_layers`` / ``num_attention_heads`` mean its
+              ``depth`` / ``num_heads``).
+            - ``text_config={...}``: fields of the language model's config.
+
+            Family-specific: ``image_grid_pinpoints`` (LLaVA-NeXT's any-res grids), ``max_patches`` (InternVL's
+            tiles per image, 4 by default; 1 turns tiling off), ``mm_tokens_per_image`` (Gemma 3).
 
     The result loads with ``AutoModelForImageTextToText.from_pretrained(path)`` and
     ``AutoProcessor.from_pretrained(path)``, without ``trust_remote_code``. Takes well under a second.
