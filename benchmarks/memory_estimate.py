@@ -1,12 +1,13 @@
-"""Estimated peak GPU memory of one PPO iteration for 7B VLMs, from the models' configs (no download, no GPU).
+"""Estimated peak GPU memory of one PPO iteration for 4-8B VLMs, from the models' configs (no download, no GPU).
 
 ```bash
-python benchmarks/memory_estimate.py            # LLaVA-1.6-Mistral-7B and Qwen2.5-VL-7B, LoRA and QLoRA
+python benchmarks/memory_estimate.py            # LLaVA-1.6-Mistral-7B, Qwen2.5-VL-7B, Qwen3-VL-8B, Gemma-3-4B
 python benchmarks/memory_estimate.py --verify-peft   # also count the LoRA parameters by real PEFT injection (~30 s)
 ```
 
 The models are built on the meta device from their config values (written below, copied from the public
-``config.json`` files of ``llava-hf/llava-v1.6-mistral-7b-hf`` and ``Qwen/Qwen2.5-VL-7B-Instruct``), so every
+``config.json`` files of ``llava-hf/llava-v1.6-mistral-7b-hf``, ``Qwen/Qwen2.5-VL-7B-Instruct``,
+``Qwen/Qwen3-VL-8B-Instruct`` and ``google/gemma-3-4b-it``), so every
 parameter count is exact. Memory is then added up per component (bytes, 1 GB = 1e9 bytes):
 
 Persistent (both phases)
@@ -131,15 +132,93 @@ QWEN2_5_VL_7B = {
 QWEN_MAX_PIXELS = 12845056  # preprocessor_config.json
 QWEN_MIN_PIXELS = 3136
 
+# Qwen/Qwen3-VL-8B-Instruct config.json
+QWEN3_VL_8B = {
+    "text_config": {
+        "model_type": "qwen3_vl_text",
+        "head_dim": 128,
+        "hidden_size": 4096,
+        "intermediate_size": 12288,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 151936,
+        "max_position_embeddings": 262144,
+        "rms_norm_eps": 1e-6,
+        "rope_parameters": {
+            "rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [24, 20, 20], "mrope_interleaved": True,
+        },
+        "tie_word_embeddings": False,
+    },
+    "vision_config": {
+        "deepstack_visual_indexes": [8, 16, 24],
+        "depth": 27,
+        "hidden_act": "gelu_pytorch_tanh",
+        "hidden_size": 1152,
+        "intermediate_size": 4304,
+        "num_heads": 16,
+        "num_position_embeddings": 2304,
+        "out_hidden_size": 4096,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    },
+    "image_token_id": 151655,
+    "video_token_id": 151656,
+    "vision_start_token_id": 151652,
+    "vision_end_token_id": 151653,
+    "tie_word_embeddings": False,
+}
+QWEN3_MAX_PIXELS = 16777216  # preprocessor_config.json: size.longest_edge
+QWEN3_MIN_PIXELS = 65536  # size.shortest_edge
+
+# google/gemma-3-4b-it config.json (the other fields are transformers' defaults, as the checkpoint leaves them out)
+GEMMA3_4B = {
+    "text_config": {
+        "model_type": "gemma3_text",
+        "hidden_size": 2560,
+        "intermediate_size": 10240,
+        "num_hidden_layers": 34,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "head_dim": 256,
+        "vocab_size": 262208,
+        "sliding_window": 1024,
+        "query_pre_attn_scalar": 256,
+        "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+    },
+    "vision_config": {
+        "model_type": "siglip_vision_model",
+        "hidden_size": 1152,
+        "image_size": 896,
+        "intermediate_size": 4304,
+        "num_attention_heads": 16,
+        "num_hidden_layers": 27,
+        "patch_size": 14,
+        "vision_use_head": False,
+    },
+    "mm_tokens_per_image": 256,
+    "boi_token_index": 255999,
+    "eoi_token_index": 256000,
+    "image_token_index": 262144,
+}
+
+
+MODELS = ("llava-v1.6-mistral-7b", "qwen2.5-vl-7b", "qwen3-vl-8b", "gemma-3-4b")
+
 
 def build_config(name: str):
-    from transformers import LlavaNextConfig, Qwen2_5_VLConfig
+    from transformers import Gemma3Config, LlavaNextConfig, Qwen2_5_VLConfig, Qwen3VLConfig
 
     if name == "llava-v1.6-mistral-7b":
         return LlavaNextConfig(**LLAVA_NEXT_MISTRAL_7B)
     if name == "qwen2.5-vl-7b":
         return Qwen2_5_VLConfig(**QWEN2_5_VL_7B)
-    raise ValueError(f"Unknown model {name!r}.")
+    if name == "qwen3-vl-8b":
+        return Qwen3VLConfig(**QWEN3_VL_8B)
+    if name == "gemma-3-4b":
+        return Gemma3Config(**GEMMA3_4B)
+    raise ValueError(f"Unknown model {name!r}; choose one of {MODELS}.")
 
 
 def build_meta_model(config):
@@ -149,7 +228,11 @@ def build_meta_model(config):
     from transformers import AutoModelForImageTextToText
 
     with init_empty_weights():
-        return AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
+    # Tied output embeddings (Gemma 3) are one tensor, as in the loaded checkpoint: `from_config` under
+    # `init_empty_weights` leaves `lm_head` a separate meta tensor, which would count 0.67B parameters twice.
+    model.tie_weights()
+    return model
 
 
 # ---------------------------------------------------------------------------------------------------- counting
@@ -213,13 +296,14 @@ def llava_next_vision_tokens(config, height: int, width: int) -> int:
     return crops * ((vision.image_size // vision.patch_size) ** 2 + 1)
 
 
-def qwen_image_tokens(config, height: int, width: int) -> tuple[int, int]:
-    """``(LM image tokens, vision-tower patches)`` for Qwen2.5-VL."""
+def qwen_image_tokens(config, height: int, width: int, qwen3: bool = False) -> tuple[int, int]:
+    """``(LM image tokens, vision-tower patches)`` for Qwen2.5-VL (or Qwen3-VL)."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize  # no torchvision needed
 
     v = config.vision_config
     factor = v.patch_size * v.spatial_merge_size
-    h, w = smart_resize(height, width, factor=factor, min_pixels=QWEN_MIN_PIXELS, max_pixels=QWEN_MAX_PIXELS)
+    min_pixels, max_pixels = (QWEN3_MIN_PIXELS, QWEN3_MAX_PIXELS) if qwen3 else (QWEN_MIN_PIXELS, QWEN_MAX_PIXELS)
+    h, w = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
     patches = (h // v.patch_size) * (w // v.patch_size)
     return patches // v.spatial_merge_size**2, patches
 
@@ -269,17 +353,21 @@ def estimate(setting: Setting, model=None, config=None) -> dict:
     counts = count_params(model, setting.lora_r)
     text = config.get_text_config()
     H, I, L, V = text.hidden_size, text.intermediate_size, text.num_hidden_layers, text.vocab_size
-    kv_dim = text.num_key_value_heads * (H // text.num_attention_heads)
+    head_dim = getattr(text, "head_dim", None) or H // text.num_attention_heads  # Gemma 3: 256, not H / heads
+    kv_dim = text.num_key_value_heads * head_dim
     height, width = setting.frame
+    v = config.vision_config
     if "llava" in setting.model:
         image_tokens = llava_next_image_tokens(config, height, width)
         vision_tokens = llava_next_vision_tokens(config, height, width)
-        vH, vI, vL, v_gated = (config.vision_config.hidden_size, config.vision_config.intermediate_size,
-                               config.vision_config.num_hidden_layers, False)
-    else:
-        image_tokens, vision_tokens = qwen_image_tokens(config, height, width)
-        v = config.vision_config
-        vH, vI, vL, v_gated = v.hidden_size, v.intermediate_size, v.depth, True
+        vH, vI, vL, v_gated = v.hidden_size, v.intermediate_size, v.num_hidden_layers, False
+    elif "gemma" in setting.model:  # every image resized to 896 px: 64x64 patches pooled to 256 tokens
+        image_tokens, vision_tokens = config.mm_tokens_per_image, (v.image_size // v.patch_size) ** 2
+        vH, vI, vL, v_gated = v.hidden_size, v.intermediate_size, v.num_hidden_layers, False
+    else:  # Qwen2.5-VL's vision MLP is gated (SwiGLU), Qwen3-VL's is not
+        qwen3 = "qwen3" in setting.model
+        image_tokens, vision_tokens = qwen_image_tokens(config, height, width, qwen3=qwen3)
+        vH, vI, vL, v_gated = v.hidden_size, v.intermediate_size, v.depth, not qwen3
     prompt = image_tokens + prompt_text_tokens()
     C = setting.max_new_tokens
     seq = prompt + C
@@ -370,6 +458,10 @@ SETTINGS = {
     "memory_qwen2_5_vl_7b_gb": Setting(model="qwen2.5-vl-7b"),
     "memory_7b_qlora_gb": Setting(model="llava-v1.6-mistral-7b", qlora=True, separate_4bit_reference=False),
     "memory_qwen2_5_vl_7b_qlora_gb": Setting(model="qwen2.5-vl-7b", qlora=True, separate_4bit_reference=False),
+    "memory_qwen3_vl_8b_gb": Setting(model="qwen3-vl-8b"),
+    "memory_qwen3_vl_8b_qlora_gb": Setting(model="qwen3-vl-8b", qlora=True, separate_4bit_reference=False),
+    "memory_gemma3_4b_gb": Setting(model="gemma-3-4b"),
+    "memory_gemma3_4b_qlora_gb": Setting(model="gemma-3-4b", qlora=True, separate_4bit_reference=False),
 }
 
 

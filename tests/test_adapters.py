@@ -210,6 +210,37 @@ def test_history_turns_become_chat_turns_and_split_per_prompt(tiny_vlm_path):
         split_inputs({**inputs, "image_grid_thw": torch.ones(3, 3, dtype=torch.long)}, 2)
 
 
+def _tokens(rows_of_ids):
+    """Left-padded ``input_ids`` / ``attention_mask`` for lists of token ids (pad 0)."""
+    width = max(len(r) for r in rows_of_ids)
+    ids = torch.zeros(len(rows_of_ids), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows_of_ids):
+        ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r), 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def test_split_shares_out_tiles_by_image_tokens_and_names_the_hook_when_it_cannot():
+    """InternVL-style outputs: every tile of every image stacked in one ``pixel_values``, 4 image tokens (id 9) per
+    tile. Prompt 0: one image of 3 tiles; prompt 1: two images of 5 and 1 tiles; prompt 2: no image."""
+    inputs = _tokens([[1] + [9] * 12 + [2], [1] + [9] * 20 + [3] + [9] * 4, [1, 2, 3]])
+    inputs["pixel_values"] = torch.arange(9.0).reshape(9, 1, 1, 1).expand(9, 3, 2, 2).clone()
+    samples = split_inputs(inputs, 3, images_per_sample=[1, 2, 0], image_token_ids=[9])
+    assert [s["pixel_values"][:, 0, 0, 0].tolist() for s in samples] == [[0, 1, 2], [3, 4, 5, 6, 7, 8], []]
+    assert torch.equal(collate_inputs(samples, 0)["pixel_values"], inputs["pixel_values"])  # in the given order
+    again = collate_inputs([samples[1], samples[0]], 0)
+    assert again["pixel_values"][:, 0, 0, 0].tolist() == [3, 4, 5, 6, 7, 8, 0, 1, 2]
+    # Per-prompt rows (Idefics3, SmolVLM) are still per prompt, whatever the image tokens say.
+    per_prompt = {**_tokens([[9] * 4, [9] * 8]), "pixel_values": torch.zeros(2, 2, 3, 2, 2)}
+    assert [s["pixel_values"].shape for s in split_inputs(per_prompt, 2, [1, 2], [9])] == [(1, 2, 3, 2, 2)] * 2
+    # 7 rows for 12 + 24 image tokens: no whole number of rows per prompt, so the user must reshape the outputs.
+    bad = {**inputs, "pixel_values": torch.zeros(7, 3, 2, 2)}
+    with pytest.raises(ValueError, match=r"image tokens per prompt: \[12, 24, 0\].*build_model_inputs"):
+        split_inputs(bad, 3, images_per_sample=[1, 2, 0], image_token_ids=[9])
+    with pytest.raises(ValueError, match="build_model_inputs"):  # without the image token, no rule fits
+        split_inputs(inputs, 3, images_per_sample=[1, 2, 0])
+
+
 # ---------------------------------------------------------------------------------------------------- training
 def _config(tmp_path, **overrides) -> VLMPPOConfig:
     values = {

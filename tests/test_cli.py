@@ -67,3 +67,49 @@ def test_readme_config_reference_is_current():
     script = Path(__file__).parents[1] / "scripts" / "config_reference.py"
     proc = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------------------------- errors a user meets
+def one_line_error(capsys, argv) -> str:
+    """Run the CLI; it must exit as argparse does for a bad argument (status 2, ``prog: error: ...``, no traceback)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err, err
+    return err.splitlines()[-1]  # (the quickstart's tiny-model build may print progress bars before it)
+
+
+def test_bad_flag_value_is_one_error_line_with_the_fix(tmp_path, capsys):
+    err = one_line_error(capsys, ["train", "--num_envs", "3", "--num_steps", "3", "--num_mini_batches", "2",
+                                  "--output_dir", str(tmp_path)])
+    assert err.startswith("vlm-env-ppo train: error: ") and "divide batch_size" in err
+
+
+def test_missing_model_folder_says_so_not_repo_id_rules(tmp_path, capsys, monkeypatch):
+    from vlm_env_ppo.models.loading import ModelNotFoundError, check_model_path, load_policy
+
+    missing = str(tmp_path / "no-such-model")
+    with pytest.raises(ModelNotFoundError, match="No folder .*no-such-model' exists.*not a Hugging Face Hub id"):
+        load_policy(missing, None, trust_remote_code=False)
+    assert isinstance(ModelNotFoundError("x"), OSError)  # callers catching transformers' OSError still catch it
+    check_model_path("Qwen/Qwen3-VL-8B-Instruct")  # a possible Hub id is for transformers to resolve: no error
+    check_model_path(str(tmp_path))  # an existing folder: no error
+
+    err = one_line_error(capsys, ["train", "--model_name_or_path", missing, "--output_dir", str(tmp_path / "out")])
+    assert "No folder" in err and "Repo id must use" not in err
+    err = one_line_error(capsys, ["eval", missing])
+    assert err.startswith("vlm-env-ppo eval: error: No folder")
+    err = one_line_error(capsys, ["train", "--env_id", "NoSuchEnv-v0", "--output_dir", str(tmp_path / "out2")])
+    assert "No task is registered for env id 'NoSuchEnv-v0'" in err
+
+
+def test_real_crashes_keep_their_traceback(tmp_path, monkeypatch):
+    import vlm_env_ppo.cli as cli
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("a bug, not a bad flag")
+
+    monkeypatch.setattr(cli, "build_trainer", crash)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["train", "--output_dir", str(tmp_path)])

@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 import torch
 from peft import LoraConfig
-from test_trainer import make_args, start_rollout
+from test_trainer import make_args, params_by_name, start_rollout
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint, sort_checkpoints
 
 from vlm_env_ppo import VLMPPOTrainer
 from vlm_env_ppo.agent import VLMAgent
+from vlm_env_ppo.models import TINY_FAMILIES
 from vlm_env_ppo.tasks import COLOR_CHOICE
 
 
@@ -70,6 +71,39 @@ def test_save_load_same_greedy_actions_and_values(tiny_vlm_path, tmp_path, peft)
     torch.testing.assert_close(resumed.value_of(obs, infos), trainer_values, atol=1e-5, rtol=0)
     assert resumed.act(obs, infos, greedy=True, score=False).texts == trainer_out.texts
     assert resumed.is_peft == peft
+
+
+# The language model's attention and MLP projections, by the module names transformers gives every family (the LM is
+# `language_model`, Idefics3's and SmolVLM's `text_model`), as the README's supported-models table recommends: LoRA
+# on them leaves the vision tower and the projector alone.
+LM_LORA_TARGETS = r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+@pytest.mark.parametrize("family", [f for f in TINY_FAMILIES if f != "llava_next"])  # llava_next: the tests above
+def test_every_family_trains_saves_reloads_and_evaluates(tiny_vlm_path, tmp_path, family):
+    """What a new user does with a model of each family: LoRA PPO on its language model, save, load the folder as a
+    `VLMAgent`, which acts and values exactly as the trainer did, and evaluate it."""
+    args = make_args(tmp_path, max_new_tokens=8, num_steps=1, total_env_steps=4, num_mini_batches=1)
+    peft = LoraConfig(r=4, lora_alpha=8, target_modules=LM_LORA_TARGETS)
+    trainer = VLMPPOTrainer(tiny_vlm_path(family), args, env="gym_cards/NumberLine-v0", peft_config=peft)
+    lora = [n for n, _ in trainer.model.named_parameters() if "lora_" in n]
+    assert lora and all("language_model" in n or "text_model" in n for n in lora), "the LoRA targets should match the language model only"
+    before = params_by_name(trainer.model)
+    trainer.train()
+    after = params_by_name(trainer.model)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert any("lora_" in n for n in changed) and any(n.startswith("value_head.") for n in changed)
+    assert changed <= {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+    out = tmp_path / "agent"
+    trainer.save_model(str(out))
+    obs, infos = observations("gym_cards/NumberLine-v0", 3, seed=5)
+    expected = trainer.act(obs, infos, greedy=True, score=False).texts
+    agent = VLMAgent.from_pretrained(str(out))
+    assert agent.act_batch(obs, infos, greedy=True)[1] == expected
+    torch.testing.assert_close(agent.value(obs, infos), trainer.value_of(obs, infos), atol=1e-5, rtol=0)
+    result = agent.evaluate(num_episodes=2, seed=0, batch_size=2)
+    assert len(result.episodes) == 2 and 0.0 <= result.invalid_action_rate <= 1.0
 
 
 def test_evaluation_is_reproducible(tiny_vlm_path, tmp_path):

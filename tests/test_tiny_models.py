@@ -17,6 +17,7 @@ from vlm_env_ppo.models import (
     create_tiny_vlm,
     generation_suppress_token_ids,
 )
+from vlm_env_ppo.models.loading import image_token_ids
 from vlm_env_ppo.models.tiny import train_tiny_tokenizer
 from vlm_env_ppo.models.value_head import concat_prompt_completion
 
@@ -26,6 +27,15 @@ EXPECTED = {
     "llava_next": ("LlavaNextForConditionalGeneration", "LlavaNextProcessor", 88),
     "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor", 36),
     "idefics3": ("Idefics3ForConditionalGeneration", "Idefics3Processor", 20),
+    "qwen3_vl": ("Qwen3VLForConditionalGeneration", "Qwen3VLProcessor", 36),
+    "gemma3": ("Gemma3ForConditionalGeneration", "Gemma3Processor", 16),
+    "smolvlm": ("SmolVLMForConditionalGeneration", "SmolVLMProcessor", 20),
+    "internvl": ("InternVLForConditionalGeneration", "InternVLProcessor", 20),  # 2×2 tiles + thumbnail, 4 each
+}
+SPECIAL_TOKENS = {
+    "gemma3": ["<start_of_image>", "<end_of_image>", "<image_soft_token>"],
+    "internvl": ["<img>", "</img>", "<IMG_CONTEXT>", "<video>"],
+    "smolvlm": ["<video>"],
 }
 PROMPTS = (
     "Which action?",
@@ -58,11 +68,12 @@ def batch_inputs(processor, images, texts=PROMPTS):
         processor.apply_chat_template(chat(im, t), add_generation_prompt=True, tokenize=False)
         for im, t in zip(images, texts)
     ]
-    return processor(text=chats, images=images, padding=True, return_tensors="pt")
+    # One list of images per prompt: Gemma 3's processor reads a flat list as one prompt's images.
+    return processor(text=chats, images=[[im] for im in images], padding=True, return_tensors="pt")
 
 
 def image_token_id(model):
-    return model.config.image_token_id
+    return image_token_ids(model.config)[0]
 
 
 # ------------------------------------------------------------------------------------------------------- tokenizer
@@ -139,6 +150,44 @@ def test_one_300px_frame_is_a_small_number_of_image_tokens(family, tiny_vlm_path
     assert torch.equal(one_call["input_ids"], inputs["input_ids"])
 
 
+# Knob values that change each family's image tokens per 300×300 frame: Qwen's `image_size` is the largest side an
+# image is resized to, everyone else's the vision tower's input (tile) side.
+KNOBS = {
+    "llava": {"image_size": 64, "patch_size": 8},
+    "llava_next": {"image_size": 64, "patch_size": 8},
+    "qwen2_5_vl": {"image_size": 112, "patch_size": 28},
+    "qwen3_vl": {"image_size": 128, "patch_size": 32},
+    "gemma3": {"image_size": 48, "patch_size": 4},
+}
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_every_family_takes_the_same_vision_and_text_knobs(family):
+    """`image_size`, `patch_size`, `vision_config` and `text_config` reach every family's towers and processor."""
+    knobs = KNOBS.get(family, {"image_size": 96, "patch_size": 16})
+    model, processor = create_tiny_vlm(
+        family, **knobs, vision_config={"num_hidden_layers": 1}, text_config={"num_hidden_layers": 1}
+    )
+    vision = model.config.vision_config
+    assert vision.num_hidden_layers == 1 and model.config.get_text_config().num_hidden_layers == 1
+    patch = vision.patch_size if isinstance(vision.patch_size, int) else vision.patch_size[0]
+    assert patch == knobs["patch_size"]
+    if family.startswith("qwen"):
+        assert processor.image_processor.size["longest_edge"] == knobs["image_size"] ** 2
+    else:
+        side = vision.image_size if isinstance(vision.image_size, int) else vision.image_size[0]
+        assert side == knobs["image_size"]
+    processor.tokenizer.padding_side = "left"
+    inputs = batch_inputs(processor, frames(1), PROMPTS[:1])
+    tokens = int((inputs["input_ids"] == image_token_id(model)).sum())
+    assert 0 < tokens != EXPECTED[family][2], "the knobs should change how many image tokens a frame is"
+    with torch.no_grad():
+        assert torch.isfinite(model(**inputs).logits).all()  # towers and processor agree on the new geometry
+    stacks = [m for n, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and n.endswith(("layers",
+              "blocks", "layer"))]  # every tower's stack of blocks: one block each
+    assert len(stacks) >= 2 and all(len(m) == 1 for m in stacks)
+
+
 # ------------------------------------------------------------------------------------------------------- generation
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_suppressed_ids_cover_image_and_special_tokens_but_not_eos(family, tiny_vlm_path):
@@ -149,10 +198,12 @@ def test_suppressed_ids_cover_image_and_special_tokens_but_not_eos(family, tiny_
     assert tok.eos_token_id not in suppress
     assert {tok.bos_token_id, tok.pad_token_id} <= suppress
     assert set(tok.convert_tokens_to_ids(["<|user|>", "<|assistant|>", "<|system|>"])) <= suppress
-    if family == "qwen2_5_vl":
+    if family in ("qwen2_5_vl", "qwen3_vl"):
         c = model.config
         assert {c.video_token_id, c.vision_start_token_id, c.vision_end_token_id} <= suppress
-    if family == "idefics3":  # Idefics3Processor replaces the tokenizer's extra special tokens; these must survive
+    if family in SPECIAL_TOKENS:  # the tokens each family's processor writes around its image tokens
+        assert set(tok.convert_tokens_to_ids(SPECIAL_TOKENS[family])) <= suppress
+    if family in ("idefics3", "smolvlm"):  # Idefics3Processor replaces the tokenizer's extra special tokens; these must survive
         names = ["<fake_token_around_image>", "<global-img>", "<row_1_col_1>", "<row_6_col_6>", "<end_of_utterance>"]
         assert set(tok.convert_tokens_to_ids(names)) <= suppress
     assert all(0 <= i < len(tok) for i in suppress)
@@ -254,7 +305,7 @@ def test_prompt_plus_completion_forward_matches_generation_and_trains_both_tower
 
     # Per-token keys (attention_mask, Qwen's mm_token_type_ids) must cover the completion too; vision inputs stay.
     full = concat_prompt_completion(inputs, completion, torch.ones_like(completion))
-    if family == "qwen2_5_vl":
+    if family in ("qwen2_5_vl", "qwen3_vl"):
         assert "mm_token_type_ids" in inputs and "image_grid_thw" in inputs
         stale = {**full, "mm_token_type_ids": inputs["mm_token_type_ids"]}
         with pytest.raises(IndexError):

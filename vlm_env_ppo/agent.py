@@ -19,11 +19,16 @@ import torch
 from transformers import AutoProcessor, GenerationConfig, PreTrainedTokenizerBase, set_seed
 
 from .actions import ParsedAction
-from .envs.adapter import HistoryWrapper, adapted_factory
-from .models.loading import auto_model_from_pretrained, generation_suppress_token_ids, get_tokenizer
+from .envs.adapter import HISTORY, HistoryWrapper, adapted_factory
+from .models.loading import (
+    auto_model_from_pretrained,
+    check_model_path,
+    generation_suppress_token_ids,
+    get_tokenizer,
+)
 from .models.value_head import VALUE_HEAD_WEIGHTS, ValueHead, policy_forward
 from .rollout import episode_success
-from .tasks import Task, get_task
+from .tasks import Task, get_task, to_pil_image
 
 AGENT_CONFIG = "vlm_env_ppo.json"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -60,6 +65,62 @@ def build_model_inputs(processing_class, messages: list[list[dict]]) -> dict[str
         return_tensors="pt",
         processor_kwargs={"padding": True},
     )
+
+
+def fill_image_placeholders(messages: list[dict], observation, info: dict | None) -> list[dict]:
+    """Messages from a ``build_messages`` hook, with TRL's image placeholders filled by the step's frames.
+
+    TRL's VLM datasets and examples write ``{"type": "image"}`` parts without the image and pass the images
+    separately (`trl.data_utils.prepare_multimodal_messages`). A hook written that way gets its placeholders filled,
+    in order, with this step's frames: the frames of the earlier turns in ``info["history"]`` (`HistoryWrapper`,
+    oldest first), then the current observation. Parts that carry their image (``{"type": "image", "image": ...}``)
+    are left as they are; messages without placeholders come back unchanged.
+
+    Raises:
+        ValueError: the number of placeholders is not the number of frames this step has.
+    """
+    placeholders = sum(
+        1
+        for m in messages
+        if not isinstance(m.get("content"), str)
+        for part in m.get("content") or ()
+        if isinstance(part, dict) and part.get("type") == "image" and not _has_image(part)
+    )
+    if not placeholders:
+        return messages
+    frames = [to_pil_image(turn.get("frame")) for turn in (info or {}).get(HISTORY) or ()]
+    frames = [f for f in frames if f is not None]
+    history = len(frames)
+    current = to_pil_image(observation)
+    if current is not None:
+        frames.append(current)
+    if placeholders != len(frames):
+        raise ValueError(
+            f"`build_messages` returned {placeholders} image placeholder(s) ({{'type': 'image'}} without an image) "
+            f"but this step has {len(frames)} frame(s): {history} from earlier turns in info['history'] and "
+            f"{int(current is not None)} for the current observation. Write one placeholder per frame, earlier turns "
+            "first (they are filled in that order), or put the image into the part yourself: "
+            "{'type': 'image', 'image': PIL.Image}."
+        )
+    frames_left = iter(frames)
+    filled = []
+    for m in messages:
+        if isinstance(m.get("content"), str) or not m.get("content"):
+            filled.append(m)
+            continue
+        content = [
+            {**part, "image": next(frames_left)}
+            if isinstance(part, dict) and part.get("type") == "image" and not _has_image(part)
+            else part
+            for part in m["content"]
+        ]
+        filled.append({**m, "content": content})
+    return filled
+
+
+def _has_image(part: dict) -> bool:
+    # transformers' chat templates also take an image by "url" or "path"
+    return any(part.get(key) is not None for key in ("image", "url", "path", "base64"))
 
 
 def mask_after_eos(completion_ids: torch.Tensor, eos_token_ids: Sequence[int]) -> torch.Tensor:
@@ -304,6 +365,7 @@ class VLMAgent:
         cls, path: str, task: Task | None = None, device: str | torch.device | None = None, **model_kwargs
     ) -> VLMAgent:
         """Load a saved agent folder (local path or Hub repo id)."""
+        check_model_path(path)
         if not os.path.isdir(path):
             from huggingface_hub import snapshot_download
 

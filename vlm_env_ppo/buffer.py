@@ -7,6 +7,7 @@ completions right-padded, matching generation).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -17,27 +18,34 @@ Sample = dict[str, torch.Tensor]
 
 
 def split_inputs(
-    inputs: dict[str, torch.Tensor], batch_size: int, images_per_sample: list[int] | None = None
+    inputs: dict[str, torch.Tensor],
+    batch_size: int,
+    images_per_sample: list[int] | None = None,
+    image_token_ids: Sequence[int] | None = None,
 ) -> list[Sample]:
     """Split a batched processor output into ``batch_size`` per-sample input dicts.
 
-    Token-level keys lose their (left) padding. Vision keys are cut per sample: tensors whose first dimension is
-    the batch keep a leading dimension of 1; Qwen-VL style flattened patches (``pixel_values`` of shape
-    ``(sum of patches, dim)`` with ``image_grid_thw``) are cut by each image's patch count.
+    Token-level keys lose their (left) padding. Every other tensor is cut along its first dimension, by the first
+    rule that fits its number of rows ``N``:
 
-    Prompts with different numbers of images (multi-turn history early in an episode) need ``images_per_sample``:
-    tensors with one row per image (LLaVA's ``pixel_values`` and ``image_sizes``, Qwen's ``image_grid_thw``) are then
-    cut by those counts. Without it every prompt must carry the same number of images.
+    1. Qwen-VL's flattened patches (``pixel_values`` with ``image_grid_thw``): each image's rows are its grid's
+       ``t·h·w``, and ``image_grid_thw`` has one row per image.
+    2. One row per image (LLaVA's ``pixel_values`` and ``image_sizes``, Gemma 3's ``pixel_values``): ``N`` is the
+       number of images, cut by ``images_per_sample``.
+    3. One row per prompt (Idefics3 / SmolVLM pad each prompt's images into one row): ``N == batch_size``, every
+       prompt holding an image.
+    4. Rows in proportion to each prompt's image tokens in ``input_ids`` (``image_token_ids``): processors that
+       cut an image into a variable number of tiles or crops, each worth the same number of image tokens
+       (InternVL's tiles, Gemma 3's pan-and-scan crops) and stack all of them in one tensor.
+
+    Prompts with different numbers of images (multi-turn history early in an episode) need ``images_per_sample``;
+    without it rule 2 cannot apply. A tensor no rule fits raises a `ValueError`: override
+    `VLMPPOTrainer.build_model_inputs` to return outputs these rules can split (e.g. one row per image).
     """
     if images_per_sample is not None and len(images_per_sample) != batch_size:
         raise ValueError(f"`images_per_sample` has {len(images_per_sample)} entries for {batch_size} prompts.")
     # With one image per prompt, per-image and per-prompt rows coincide; otherwise per-image rows are cut by count.
     by_image = images_per_sample is not None and any(c != 1 for c in images_per_sample)
-    if by_image and sum(images_per_sample) == batch_size:
-        raise ValueError(
-            f"Cannot tell per-image from per-prompt processor outputs with {images_per_sample} images per prompt: "
-            "give every prompt at least one image, or none."
-        )
     mask = inputs["attention_mask"].bool()
     samples: list[Sample] = [{} for _ in range(batch_size)]
     for i in range(batch_size):
@@ -45,12 +53,18 @@ def split_inputs(
             if key in inputs:
                 samples[i][key] = inputs[key][i][mask[i]]
     token_keys = {"input_ids", *PER_TOKEN_KEYS}
+    image_tokens = None
+    if image_token_ids is not None and len(image_token_ids):
+        ids = torch.as_tensor(list(image_token_ids), device=inputs["input_ids"].device)
+        image_tokens = (torch.isin(inputs["input_ids"], ids) & mask).sum(dim=1).tolist()
+    every_prompt_has_images = images_per_sample is None or all(c > 0 for c in images_per_sample)
     grid = inputs.get("image_grid_thw")
     for key, value in inputs.items():
         if key in token_keys or value is None:
             continue
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"Processor output {key!r} is a {type(value).__name__}, expected a tensor.")
+        rows = value.shape[0] if value.dim() else None
         if grid is not None and key in ("pixel_values", "image_grid_thw"):
             if images_per_sample is not None:
                 counts = list(images_per_sample)
@@ -66,18 +80,44 @@ def split_inputs(
             else:
                 patches = [int(g.prod(dim=-1).sum()) for g in grid.split(counts)]
                 pieces = list(value.split(patches))
-        elif by_image and value.shape[0] == sum(images_per_sample):  # one row per image
+        elif by_image and rows == sum(images_per_sample) == batch_size:
+            raise ValueError(
+                f"Cannot tell per-image from per-prompt rows of processor output {key!r} with {images_per_sample} "
+                "images per prompt: give every prompt at least one image, or none."
+            )
+        elif by_image and rows == sum(images_per_sample):  # one row per image
             pieces = list(value.split(images_per_sample))
-        elif value.shape[0] == batch_size:
+        elif rows == batch_size and every_prompt_has_images:  # one row per prompt
+            pieces = list(value.split(1))
+        elif (split := _rows_by_image_tokens(rows, image_tokens)) is not None:
+            pieces = list(value.split(split))
+        elif rows == batch_size:
             pieces = list(value.split(1))
         else:
+            tokens = f"; image tokens per prompt: {image_tokens}" if image_tokens is not None else ""
             raise ValueError(
-                f"Cannot split processor output {key!r} of shape {tuple(value.shape)} into {batch_size} samples. "
-                "Override `VLMPPOTrainer.build_model_inputs` for this processor."
+                f"Cannot split processor output {key!r} of shape {tuple(value.shape)} into {batch_size} samples "
+                f"(images per prompt: {images_per_sample}{tokens}): its rows are neither one per prompt, one per "
+                "image, nor in proportion to each prompt's image tokens. Override `VLMPPOTrainer.build_model_inputs` "
+                "to return processor outputs with one row per image or per prompt."
             )
         for i, piece in enumerate(pieces):
             samples[i][key] = piece
     return samples
+
+
+def _rows_by_image_tokens(rows: int | None, image_tokens: list[int] | None) -> list[int] | None:
+    """Rows per prompt in proportion to its image tokens, when that gives whole rows for every prompt; else None.
+
+    A tile or crop is worth the same number of image tokens wherever it is, so a prompt with ``k`` of the batch's
+    ``T`` image tokens owns ``k · rows / T`` rows.
+    """
+    if rows is None or not image_tokens or sum(image_tokens) == 0:
+        return None
+    total = sum(image_tokens)
+    if any(k * rows % total for k in image_tokens):
+        return None
+    return [k * rows // total for k in image_tokens]
 
 
 def _pad_to(tensor: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

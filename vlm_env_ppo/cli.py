@@ -150,7 +150,12 @@ def train(argv: list[str]) -> dict:
     """``vlm-env-ppo train``: parse ``argv`` (YAML ``--config`` + flags), train, save, summarize."""
     argv = list(argv)
     quickstart = "--model_name_or_path" not in argv and not any(a.startswith("--model_name_or_path=") for a in argv)
-    script_args, args, model_args = parse_train_args(argv, default_config=QUICKSTART_CONFIG if quickstart else None)
+    try:
+        script_args, args, model_args = parse_train_args(
+            argv, default_config=QUICKSTART_CONFIG if quickstart else None
+        )
+    except (ValueError, TypeError) as error:  # a flag value the config rejects: its message says what to change
+        _usage_error("vlm-env-ppo train", error)
     return run_training(build_trainer(script_args, args, model_args), script_args)
 
 
@@ -252,7 +257,20 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         sys.exit(f"Unknown command {command!r}.\n{usage}")
-    COMMANDS[command](rest)
+    from .models.loading import ModelNotFoundError
+    from .tasks import UnknownTaskError
+
+    try:
+        COMMANDS[command](rest)
+    except (ModelNotFoundError, UnknownTaskError) as error:  # a mistyped path or env id, not a crash
+        _usage_error(f"vlm-env-ppo {command}", error)
+
+
+def _usage_error(prog: str, error: Exception) -> None:
+    """Exit as argparse does for a bad argument: ``prog: error: message`` on stderr, status 2, no traceback (the
+    message says what to change). Tracebacks stay for real crashes."""
+    print(f"{prog}: error: {error}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

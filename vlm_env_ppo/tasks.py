@@ -213,6 +213,13 @@ class Task:
         return json.dumps(answer, ensure_ascii=False)
 
 
+class UnknownTaskError(KeyError):
+    """No `Task` is registered for an env id (a `KeyError`, as a registry lookup)."""
+
+    def __str__(self) -> str:  # the message as written, not KeyError's quoted repr
+        return str(self.args[0]) if self.args else ""
+
+
 def to_pil_image(observation) -> Image.Image | None:
     """An RGB PIL image from a PIL image or an image-like array (H×W, H×W×1, H×W×3, H×W×4); `None` otherwise."""
     if isinstance(observation, Image.Image):
@@ -418,7 +425,7 @@ def get_task(env_id: str) -> Task:
         pass
     if isinstance(env_id, str) and env_id.startswith("MiniGrid-"):  # any other MiniGrid env: all seven actions
         return minigrid_task(env_id, movement_only=False)
-    raise KeyError(
+    raise UnknownTaskError(
         f"No task is registered for env id {env_id!r}. Known ids: {sorted(TASKS)}. For your own env, build "
         "`vlm_env_ppo.tasks.Task(env_id, action_names, description)` and pass it as `VLMPPOTrainer(..., task=task)` "
         "or call `register_task(task)`; or subclass VLMPPOTrainer and override `build_messages(observation, info)` "

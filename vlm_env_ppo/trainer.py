@@ -48,6 +48,7 @@ from .agent import (
     build_model_inputs,
     eos_token_ids,
     evaluate_episodes,
+    fill_image_placeholders,
     generate_completions,
     load_agent_policy,
     load_value_head,
@@ -66,6 +67,7 @@ from .models.loading import (
     freeze_vision_tower,
     generation_suppress_token_ids,
     get_tokenizer,
+    image_token_ids,
     load_policy,
     load_processor,
     load_reference_model,
@@ -385,7 +387,8 @@ class VLMPPOTrainer(BaseTrainer):
 
     # ------------------------------------------------------------------ hooks
     def build_messages(self, observation, info: dict) -> list[dict]:
-        """Chat messages (with the image) for one env's observation. Override for your own env."""
+        """Chat messages (with the image) for one env's observation. Override for your own env. TRL-style
+        ``{"type": "image"}`` parts without an image are filled with the step's frames (`fill_image_placeholders`)."""
         if self.task is None:
             raise NotImplementedError("Pass `task=` or override `build_messages` and `parse_action`.")
         return self.task.build_messages(observation, info, action_only=self.args.action_only)
@@ -484,7 +487,7 @@ class VLMPPOTrainer(BaseTrainer):
 
     def _inputs_and_image_counts(self, observations, infos: list[dict]) -> tuple[dict, list[int]]:
         """Processor outputs for ``observations`` and how many images each prompt holds (for `split_inputs`)."""
-        messages = [self.build_messages(o, i) for o, i in zip(observations, infos)]
+        messages = [fill_image_placeholders(self.build_messages(o, i), o, i) for o, i in zip(observations, infos)]
         counts = [
             sum(
                 1
@@ -533,7 +536,7 @@ class VLMPPOTrainer(BaseTrainer):
             out.kl = kl.sum(-1).float().cpu()
         else:
             out.kl = torch.zeros(n)
-        out.prompts = split_inputs(inputs, n, image_counts)
+        out.prompts = split_inputs(inputs, n, image_counts, image_token_ids(policy.config, self.processing_class))
         return out
 
     def _ref_logprobs(self, inputs, completion_ids, completion_mask) -> torch.Tensor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .agent import fill_image_placeholders
 from .buffer import pad_completions
 from .models.loading import get_tokenizer
 from .rollout import unbatch_infos
@@ -37,7 +38,10 @@ def teach_answer_format(trainer, steps: int = 60, learning_rate: float = 3e-3, s
     losses = []
     model.train()
     for _ in range(steps):
-        messages = [trainer.build_messages(obs[i], infos[i]) for i in range(envs.num_envs)]
+        messages = [  # TRL-style image placeholders filled as in the rollout
+            fill_image_placeholders(trainer.build_messages(obs[i], infos[i]), obs[i], infos[i])
+            for i in range(envs.num_envs)
+        ]
         prompt_inputs = trainer._to_device(trainer.build_model_inputs(messages))
         actions = [trainer.task.sample_action(info, rng) for info in infos]
         answers = [

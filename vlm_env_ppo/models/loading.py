@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 
 import torch
@@ -23,8 +24,34 @@ logger = logging.getLogger(__name__)
 _VISION_TOWER_NAMES = ("vision_tower", "visual", "vision_model")
 
 
+class ModelNotFoundError(OSError):
+    """A model path that is neither an existing folder nor a possible Hugging Face Hub id."""
+
+
+def check_model_path(name_or_path: str) -> None:
+    """Raise `ModelNotFoundError` for a string that names no existing folder and cannot be a Hub id either.
+
+    transformers would say "Repo id must use alphanumeric chars ... '/nonexistent'": true, but it hides that the
+    user meant a local folder that is not there (a typo, or a relative path from another working directory).
+    """
+    if not isinstance(name_or_path, str) or os.path.exists(name_or_path):
+        return
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name_or_path)
+    except HFValidationError:
+        raise ModelNotFoundError(
+            f"No folder {name_or_path!r} exists (looked from {os.getcwd()!r}), and it is not a Hugging Face Hub id "
+            "either (those look like 'owner/name', e.g. 'Qwen/Qwen2.5-VL-3B-Instruct'). Check the path, or pass the "
+            "folder a model or agent was saved to (with its config.json), or a Hub id."
+        ) from None
+
+
 def is_text_only_checkpoint(name_or_path: str, trust_remote_code: bool = False, **kwargs) -> bool:
     """Whether a checkpoint is a plain language model (no image-text-to-text architecture for its ``model_type``)."""
+    check_model_path(name_or_path)
     config_kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "token", "cache_dir")}
     config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **config_kwargs)
     return config.model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES and not getattr(
@@ -202,6 +229,17 @@ def generation_suppress_token_ids(processor_or_tokenizer, model_config, keep_ids
                 suppress.update(_as_ids(value))
     vocab = len(tokenizer) if hasattr(tokenizer, "__len__") else None
     return sorted(i for i in suppress - keep if i >= 0 and (vocab is None or i < vocab))
+
+
+def image_token_ids(model_config, processor_or_tokenizer=None) -> list[int]:
+    """The id(s) a VLM replaces with image features: the config's ``image_token_id`` / ``image_token_index`` (Gemma 3:
+    the soft image token, not ``<start_of_image>``; InternVL: ``<IMG_CONTEXT>``), else the processor's
+    ``image_token_id``. Empty for a text-only model. `split_inputs` counts them to share out tiles between prompts."""
+    for key in ("image_token_id", "image_token_index"):
+        ids = _as_ids(getattr(model_config, key, None))
+        if ids:
+            return ids
+    return _as_ids(getattr(processor_or_tokenizer, "image_token_id", None))
 
 
 def _config_items(config):

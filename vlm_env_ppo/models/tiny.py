@@ -13,19 +13,22 @@ processor around a PIL image processor.
 >>> processor = AutoProcessor.from_pretrained(path)                     # doctest: +SKIP
 ```
 
-Working without torchvision (a dependency we do not require):
+Working without torchvision (the test machines and many CPU-only installs have none that imports next to their
+torch):
 
 - Image processors: transformers 5 has two backends per image processor, torchvision (the plain class name, e.g.
   ``Qwen2VLImageProcessor``) and PIL/numpy (``...ImageProcessorPil``). We build the ``...Pil`` class; the saved
   ``image_processor_type`` is the plain name, which ``AutoImageProcessor`` maps to the PIL backend when torchvision
   is missing (and to the torchvision one when it is installed).
-- Video processors have no PIL backend, and in transformers 5.23 a processor that owns a ``video_processor``
-  (Qwen2.5-VL, Qwen3-VL, SmolVLM) can be neither built nor loaded without torchvision, even for images only. Tiny
-  Qwen2.5-VL checkpoints store a bare ``VideoProcessorMixin`` as video processor, and
+- Video processors have no PIL backend, and in transformers 5.24 a processor that owns a ``video_processor``
+  (Qwen2.5-VL, Qwen3-VL, SmolVLM, InternVL) can be neither built nor loaded without torchvision, even for images
+  only. Tiny checkpoints of those families store a bare ``VideoProcessorMixin`` as video processor, and
   `allow_video_processors_without_torchvision` (run on ``import vlm_env_ppo.models``) makes transformers accept
-  it. So: a tiny Qwen2.5-VL loads with ``AutoProcessor`` in any process that imported ``vlm_env_ppo.models`` (the
-  trainer does); without that import and without torchvision, ``AutoProcessor`` raises "requires torchvision".
-- Idefics3 (SmolVLM's architecture) has no video sub-processor, which is why it stands in for SmolVLM here.
+  it. So such a tiny checkpoint loads with ``AutoProcessor`` in any process that imported ``vlm_env_ppo.models``
+  (the trainer does); without that import and without torchvision, ``AutoProcessor`` raises "requires
+  torchvision". Real checkpoints of these families store real video processors: they need torchvision.
+- Pixtral / Mistral 3 is not built here: ``PixtralProcessor`` itself requires torchvision.
+- SmolVLM's processor needs the ``num2words`` package.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-TINY_FAMILIES = ("llava", "llava_next", "qwen2_5_vl", "idefics3")
+TINY_FAMILIES = ("llava", "llava_next", "qwen2_5_vl", "idefics3", "qwen3_vl", "gemma3", "smolvlm", "internvl")
 # A tiny text-only Llama (``AutoModelForCausalLM`` + tokenizer), for text envs with `allow_text_only_model`.
 TEXT_FAMILY = "text"
 
@@ -50,8 +53,15 @@ _IMAGE_PLACEHOLDER = {
     "llava_next": "<image>",
     "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
     "idefics3": "<image>",
+    "qwen3_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+    "gemma3": "<start_of_image>",  # Gemma3Processor expands it to "\n\n<start_of_image><image_soft_token>×N<end_of_image>\n\n"
+    "smolvlm": "<image>",
+    "internvl": "<IMG_CONTEXT>",  # InternVLProcessor expands it to "<img><IMG_CONTEXT>×(tokens per tile × tiles)</img>"
     TEXT_FAMILY: "",
 }
+_IDEFICS_TOKENS = ("<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>") + tuple(
+    f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)
+)
 _FAMILY_SPECIAL_TOKENS = {
     TEXT_FAMILY: (),
     "llava": ("<image>",),
@@ -59,8 +69,20 @@ _FAMILY_SPECIAL_TOKENS = {
     "qwen2_5_vl": ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"),
     # Idefics3Processor adds "<fake_token_around_image>", "<image>" and "<end_of_utterance>" itself, but reads the
     # ids of "<global-img>" and "<row_i_col_j>" (i, j in 1..6) from the vocabulary: they must exist as tokens.
-    "idefics3": ("<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>")
-    + tuple(f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)),
+    "idefics3": _IDEFICS_TOKENS,
+    "smolvlm": (*_IDEFICS_TOKENS, "<video>"),
+    "qwen3_vl": ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"),
+    "gemma3": ("<start_of_image>", "<end_of_image>", "<image_soft_token>"),
+    "internvl": ("<img>", "</img>", "<IMG_CONTEXT>", "<video>"),
+}
+# Named special tokens some processors read as tokenizer attributes (``tokenizer.boi_token``, ``.boi_token_id``);
+# passed to the tokenizer as ``<name>=<token>`` so they are saved in ``tokenizer_config.json`` and load back.
+_NAMED_TOKENS = {
+    "gemma3": {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"},
+    "internvl": {
+        "start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+        "video_token": "<video>",
+    },
 }
 
 
@@ -138,6 +160,7 @@ def train_tiny_tokenizer(
     extra_texts: Iterable[str] = (),
     special_tokens: Sequence[str] = (),
     image_placeholder: str = "<image>",
+    named_tokens: dict[str, str] | None = None,
 ):
     """Train a small byte-level BPE tokenizer offline and wrap it as a `PreTrainedTokenizerFast`.
 
@@ -147,6 +170,8 @@ def train_tiny_tokenizer(
         special_tokens: extra special tokens (e.g. a family's image tokens), added after training so they are
             never split.
         image_placeholder: what the chat template writes for an ``{"type": "image"}`` part.
+        named_tokens: model-specific named special tokens (``{"boi_token": "<start_of_image>"}``): the tokenizer then
+            has ``boi_token`` / ``boi_token_id`` attributes, as Gemma 3's and InternVL's processors expect.
 
     Returns a tokenizer with ``<s>`` / ``</s>`` / ``<pad>`` / ``<unk>``, chat markers and a chat template. It adds no
     BOS itself (the chat template writes it), so ``processor(text=chat_text)`` gives exactly one BOS.
@@ -173,6 +198,7 @@ def train_tiny_tokenizer(
         pad_token=PAD,
         unk_token=UNK,
         clean_up_tokenization_spaces=False,
+        **(named_tokens or {}),
     )
     extra = [t for t in [*CHAT_TOKENS, *special_tokens] if t not in (BOS, EOS, PAD, UNK)]
     tokenizer.add_special_tokens({"additional_special_tokens": list(dict.fromkeys(extra))})
@@ -206,16 +232,17 @@ def allow_video_processors_without_torchvision() -> None:
             module.VideoProcessorMixin = VideoProcessorMixin
 
 
-def _stub_video_processor():
+def _stub_video_processor(**attributes):
     """A bare ``VideoProcessorMixin``: loads with or without torchvision, so the checkpoint is the same either way.
 
-    Enough for image-only use; passing ``videos=`` to the processor raises. See
-    `allow_video_processors_without_torchvision`.
+    Enough for image-only use; passing ``videos=`` to the processor raises. ``attributes`` are stored on it and saved
+    with it: SmolVLM's ``apply_chat_template`` reads ``video_processor.num_frames`` and ``.fps`` on every call, videos
+    or not. See `allow_video_processors_without_torchvision`.
     """
     allow_video_processors_without_torchvision()
     from transformers.video_processing_utils import VideoProcessorMixin
 
-    return VideoProcessorMixin()
+    return VideoProcessorMixin(**attributes)
 
 
 # ------------------------------------------------------------------------------------------------------- models
@@ -252,6 +279,16 @@ def _tokenizer_for(family: str, vocab_size: int, extra_texts: Iterable[str]):
         extra_texts=extra_texts,
         special_tokens=_FAMILY_SPECIAL_TOKENS[family],
         image_placeholder=_IMAGE_PLACEHOLDER[family],
+        named_tokens=_NAMED_TOKENS.get(family),
+    )
+
+
+def _vision_knobs(overrides: dict, image_size: int, patch_size: int) -> tuple[int, int, dict]:
+    """The knobs every family takes for its vision tower: ``image_size``, ``patch_size`` and ``vision_config``."""
+    return (
+        int(overrides.pop("image_size", image_size)),
+        int(overrides.pop("patch_size", patch_size)),
+        dict(overrides.pop("vision_config", None) or {}),
     )
 
 
@@ -272,13 +309,15 @@ def _build_llava(tokenizer, next_: bool, overrides: dict):
         LlavaProcessor,
     )
 
-    image_size, patch_size = overrides.pop("image_size", 32), overrides.pop("patch_size", 8)
+    image_size, patch_size, vision_overrides = _vision_knobs(overrides, 32, 8)
     pinpoints = overrides.pop(
         "image_grid_pinpoints",
         [[image_size, 2 * image_size], [2 * image_size, image_size], [2 * image_size, 2 * image_size]],
     )
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-    vision = CLIPVisionConfig(**_vision_kwargs(image_size=image_size, patch_size=patch_size, projection_dim=_WIDTH))
+    vision = CLIPVisionConfig(
+        **_vision_kwargs(image_size=image_size, patch_size=patch_size, projection_dim=_WIDTH, **vision_overrides)
+    )
     text = LlamaConfig(**_text_kwargs(tokenizer, **overrides.pop("text_config", {})))
     common = {
         "text_config": text,
@@ -308,35 +347,54 @@ def _build_llava(tokenizer, next_: bool, overrides: dict):
     return config, processor
 
 
-def _build_qwen2_5_vl(tokenizer, overrides: dict):
-    """Qwen2.5-VL: 14 px patches merged 2×2; at most 168×168 px per image, so a 300×300 frame gives 36 tokens.
-
-    Its processor owns a video processor, which needs torchvision: see `allow_video_processors_without_torchvision`.
-    """
-    from transformers import Qwen2_5_VLConfig
-
-    max_side = overrides.pop("max_image_side", 168)
+def _qwen_text_config(tokenizer, overrides: dict, **extra_rope) -> dict:
     head_dim = _WIDTH // 4
+    mrope_section = [2, 3, 3]  # temporal, height, width: sums to head_dim / 2
+    assert sum(mrope_section) == head_dim // 2
     text = dict(
         _text_kwargs(tokenizer),
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-    )  # sums to head_dim / 2
-    assert sum(text["rope_parameters"]["mrope_section"]) == head_dim // 2
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section, **extra_rope},
+    )
     text.update(overrides.pop("text_config", {}))
+    return text
+
+
+def _build_qwen_vl(tokenizer, overrides: dict, version: str):
+    """Qwen2.5-VL (14 px patches) / Qwen3-VL (16 px patches), merged 2×2. ``image_size`` is the largest side an
+    image is resized to (168 / 192 px), so a 300×300 frame gives 36 tokens either way.
+
+    Their processors own a video processor, which needs torchvision: see `allow_video_processors_without_torchvision`.
+    """
+    from transformers import Qwen2_5_VLConfig, Qwen3VLConfig
+
+    qwen3 = version == "3"
+    default_side = 192 if qwen3 else 168
+    max_side = overrides.pop("max_image_side", None)  # the older name of `image_size` for Qwen2.5-VL
+    image_size, patch_size, vision_overrides = _vision_knobs(overrides, max_side or default_side, 16 if qwen3 else 14)
+    text = _qwen_text_config(tokenizer, overrides, **({"mrope_interleaved": True} if qwen3 else {}))
     vision = {
         "depth": 2,
         "hidden_size": _WIDTH,
         "intermediate_size": 2 * _WIDTH,
         "num_heads": 4,
         "out_hidden_size": _WIDTH,
-        "patch_size": 14,
+        "patch_size": patch_size,
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
-        "window_size": 56,
-        "fullatt_block_indexes": [1],
     }
-    vision.update(overrides.pop("vision_config", {}))
-    config = Qwen2_5_VLConfig(
+    if qwen3:
+        # Learned position embeddings on a 8×8 grid (interpolated to each image's grid); deepstack features from
+        # the first block, as the real model takes them from early blocks.
+        vision.update(num_position_embeddings=64, deepstack_visual_indexes=[0])
+    else:
+        vision.update(window_size=4 * patch_size, fullatt_block_indexes=[1])
+    # The common names, as the other families' vision configs spell them, for Qwen's `depth` / `num_heads`.
+    for common, qwen_name in (("num_hidden_layers", "depth"), ("num_attention_heads", "num_heads")):
+        if common in vision_overrides:
+            vision_overrides[qwen_name] = vision_overrides.pop(common)
+    vision.update(vision_overrides)
+    config_cls = Qwen3VLConfig if qwen3 else Qwen2_5_VLConfig
+    config = config_cls(
         text_config=text,
         vision_config=vision,
         image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
@@ -346,12 +404,19 @@ def _build_qwen2_5_vl(tokenizer, overrides: dict):
         tie_word_embeddings=False,
         **overrides,
     )
-    return config, qwen2_5_vl_processor(tokenizer, config.vision_config, 56 * 56, max_side * max_side)
+    factor = config.vision_config.patch_size * config.vision_config.spatial_merge_size
+    min_pixels = (2 * factor) ** 2
+    processor_cls = None
+    if qwen3:
+        from transformers import Qwen3VLProcessor as processor_cls
+    return config, qwen2_5_vl_processor(
+        tokenizer, config.vision_config, min_pixels, max(image_size * image_size, min_pixels), processor_cls
+    )
 
 
-def qwen2_5_vl_processor(tokenizer, vision_config, min_pixels: int, max_pixels: int):
-    """A Qwen2.5-VL processor around the PIL image processor (no torchvision) for a vision config's patching, with
-    a stub video processor (see `allow_video_processors_without_torchvision`)."""
+def qwen2_5_vl_processor(tokenizer, vision_config, min_pixels: int, max_pixels: int, processor_cls=None):
+    """A Qwen2.5-VL (or ``processor_cls``, e.g. Qwen3-VL) processor around the PIL image processor (no torchvision)
+    for a vision config's patching, with a stub video processor (see `allow_video_processors_without_torchvision`)."""
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessorPil
 
     image_processor = Qwen2VLImageProcessorPil(
@@ -360,7 +425,7 @@ def qwen2_5_vl_processor(tokenizer, vision_config, min_pixels: int, max_pixels: 
         temporal_patch_size=vision_config.temporal_patch_size,
         merge_size=vision_config.spatial_merge_size,
     )
-    return Qwen2_5_VLProcessor(
+    return (processor_cls or Qwen2_5_VLProcessor)(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=_stub_video_processor(),
@@ -368,25 +433,26 @@ def qwen2_5_vl_processor(tokenizer, vision_config, min_pixels: int, max_pixels: 
     )
 
 
-def _build_idefics3(tokenizer, overrides: dict):
-    """Idefics3 (SmolVLM's architecture): SigLIP-style tower (32 px, 8 px patches), pixel shuffle ×2, Llama.
+def _build_idefics3(tokenizer, overrides: dict, smolvlm: bool = False):
+    """Idefics3 / SmolVLM (SmolVLM2's layout: the same architecture, a processor with a video processor): SigLIP-style
+    tower (32 px, 8 px patches), pixel shuffle ×2, Llama.
 
     A 300×300 frame is resized to 64 px, split into 2×2 crops of 32 px plus a global view: 5 × 4 = 20 image tokens,
     plus the processor's row/column and wrapper tokens.
     """
-    from transformers import (
-        Idefics3Config,
-        Idefics3ImageProcessorPil,
-        Idefics3Processor,
-        LlamaConfig,
-    )
+    import transformers
 
-    image_size, patch_size = overrides.pop("image_size", 32), overrides.pop("patch_size", 8)
+    prefix = "SmolVLM" if smolvlm else "Idefics3"
+    config_cls = getattr(transformers, f"{prefix}Config")
+    image_processor_cls = getattr(transformers, f"{prefix}ImageProcessorPil")
+    processor_cls = getattr(transformers, f"{prefix}Processor")
+
+    image_size, patch_size, vision_overrides = _vision_knobs(overrides, 32, 8)
     scale_factor = 2
     image_seq_len = (image_size // patch_size) ** 2 // scale_factor**2
-    text = LlamaConfig(**_text_kwargs(tokenizer, **overrides.pop("text_config", {})))
-    vision = dict(_vision_kwargs(image_size=image_size, patch_size=patch_size))
-    config = Idefics3Config(
+    text = transformers.LlamaConfig(**_text_kwargs(tokenizer, **overrides.pop("text_config", {})))
+    vision = _vision_kwargs(image_size=image_size, patch_size=patch_size, **vision_overrides)
+    config = config_cls(
         text_config=text,
         vision_config=vision,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
@@ -395,13 +461,97 @@ def _build_idefics3(tokenizer, overrides: dict):
         tie_word_embeddings=False,
         **overrides,
     )
-    image_processor = Idefics3ImageProcessorPil(
+    image_processor = image_processor_cls(
         size={"longest_edge": 2 * image_size}, max_image_size={"longest_edge": image_size}
     )
-    processor = Idefics3Processor(
+    # SmolVLM's `apply_chat_template` reads the video processor's `num_frames` and `fps` on every call (values of
+    # SmolVLM2's video processor).
+    extra = {"video_processor": _stub_video_processor(num_frames=64, fps=1)} if smolvlm else {}
+    processor = processor_cls(
         image_processor=image_processor,
         tokenizer=tokenizer,
         image_seq_len=image_seq_len,
+        chat_template=tokenizer.chat_template,
+        **extra,
+    )
+    return config, processor
+
+
+def _build_gemma3(tokenizer, overrides: dict):
+    """Gemma 3: SigLIP tower (64 px, 8 px patches), its 8×8 patches average-pooled to ``mm_tokens_per_image`` = 16
+    image tokens per image (a 300×300 frame gives 16), Gemma 3 text model (sliding and full attention layers).
+    """
+    from transformers import Gemma3Config, Gemma3ImageProcessorPil, Gemma3Processor, Gemma3TextConfig, SiglipVisionConfig
+
+    image_size, patch_size, vision_overrides = _vision_knobs(overrides, 64, 8)
+    mm_tokens = overrides.pop("mm_tokens_per_image", max(1, (image_size // patch_size) ** 2 // 4))
+    head_dim = _WIDTH // 4
+    text = _text_kwargs(tokenizer, head_dim=head_dim, query_pre_attn_scalar=head_dim, sliding_window=64)
+    text.update(overrides.pop("text_config", {}))
+    # Gemma 3's pattern, sliding-window layers then a full-attention one, sized to the number of layers.
+    text.setdefault(
+        "layer_types",
+        ["full_attention" if (i + 1) % 2 == 0 else "sliding_attention" for i in range(text["num_hidden_layers"])],
+    )
+    text = Gemma3TextConfig(**text)
+    vision = SiglipVisionConfig(**_vision_kwargs(image_size=image_size, patch_size=patch_size, **vision_overrides))
+    config = Gemma3Config(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=mm_tokens,
+        boi_token_index=tokenizer.boi_token_id,
+        eoi_token_index=tokenizer.eoi_token_id,
+        image_token_index=tokenizer.image_token_id,
+        tie_word_embeddings=False,
+        **overrides,
+    )
+    image_processor = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size})
+    processor = Gemma3Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        image_seq_length=mm_tokens,
+        chat_template=tokenizer.chat_template,
+    )
+    return config, processor
+
+
+def _build_internvl(tokenizer, overrides: dict):
+    """InternVL (3 / 3.5 layout): InternViT tower (32 px tiles, 8 px patches), pixel shuffle ×0.5, Qwen2 text model.
+
+    Tiling on, as in the real checkpoints: a frame is cut into up to ``max_patches`` = 4 tiles of the grid closest to
+    its aspect ratio, plus a thumbnail tile; each tile gives 4 image tokens, so a 300×300 frame is 2×2 + 1 = 5 tiles
+    and 20 tokens, and ``pixel_values`` holds 5 rows for it. ``max_patches=1`` turns tiling off (1 tile per image).
+    """
+    from transformers import GotOcr2ImageProcessorPil, InternVLConfig, InternVLProcessor, Qwen2Config
+
+    image_size, patch_size, vision_overrides = _vision_knobs(overrides, 32, 8)
+    max_patches = int(overrides.pop("max_patches", 4))
+    downsample_ratio = 0.5
+    image_seq_length = int((image_size // patch_size) ** 2 * downsample_ratio**2)
+    text = Qwen2Config(**_text_kwargs(tokenizer, **overrides.pop("text_config", {})))
+    vision = _vision_kwargs(
+        image_size=[image_size, image_size], patch_size=[patch_size, patch_size], **vision_overrides
+    )
+    config = InternVLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=tokenizer.context_image_token_id,
+        image_seq_length=image_seq_length,
+        downsample_ratio=downsample_ratio,
+        tie_word_embeddings=False,
+        **overrides,
+    )
+    image_processor = GotOcr2ImageProcessorPil(
+        size={"height": image_size, "width": image_size},
+        crop_to_patches=max_patches > 1,
+        min_patches=1,
+        max_patches=max_patches,
+    )
+    processor = InternVLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=_stub_video_processor(),
+        image_seq_length=image_seq_length,
         chat_template=tokenizer.chat_template,
     )
     return config, processor
@@ -424,12 +574,22 @@ def create_tiny_vlm(
         auto = AutoModelForCausalLM
     elif family in ("llava", "llava_next"):
         config, processor = _build_llava(tokenizer, family == "llava_next", overrides)
-    elif family == "qwen2_5_vl":
-        config, processor = _build_qwen2_5_vl(tokenizer, overrides)
+    elif family in ("qwen2_5_vl", "qwen3_vl"):
+        config, processor = _build_qwen_vl(tokenizer, overrides, "3" if family == "qwen3_vl" else "2.5")
+    elif family in ("idefics3", "smolvlm"):
+        config, processor = _build_idefics3(tokenizer, overrides, smolvlm=family == "smolvlm")
+    elif family == "gemma3":
+        config, processor = _build_gemma3(tokenizer, overrides)
     else:
-        config, processor = _build_idefics3(tokenizer, overrides)
+        config, processor = _build_internvl(tokenizer, overrides)
     torch.manual_seed(seed)
     model = auto.from_config(config)
+    if family == "gemma3":
+        # Gemma 3 initialises its image projection to zeros (real checkpoints overwrite it): random tiny weights would
+        # give all-zero image features, a model blind to its images whose vision tower never gets a gradient.
+        projector = model.model.multi_modal_projector
+        with torch.no_grad():
+            projector.mm_input_projection_weight.normal_(std=config.initializer_range)
     model.eval()
     generation_config = model.generation_config
     generation_config.bos_token_id = tokenizer.bos_token_id
@@ -443,14 +603,25 @@ def build_tiny_vlm(family: str, output_dir: str | os.PathLike, *, seed: int = 0,
 
     Args:
         family: one of `TINY_FAMILIES`: ``"llava"``, ``"llava_next"`` (the paper's LLaVA-1.6), ``"qwen2_5_vl"``,
-            ``"idefics3"`` (SmolVLM's architecture); or ``"text"``, a text-only Llama (``AutoModelForCausalLM`` and
-            a tokenizer, for text envs).
+            ``"qwen3_vl"``, ``"gemma3"``, ``"idefics3"``, ``"smolvlm"`` (SmolVLM2's layout), ``"internvl"``
+            (InternVL 3 / 3.5, tiling on); or ``"text"``, a text-only Llama (``AutoModelForCausalLM`` and a
+            tokenizer, for text envs).
         output_dir: where to write ``config.json``, the weights, the tokenizer and the processor files.
         seed: ``torch.manual_seed`` for the random weights: the same seed gives the same checkpoint.
         **overrides: ``vocab_size`` / ``extra_texts`` for `train_tiny_tokenizer`; fields of the top-level VLM
-            config (e.g. ``vision_feature_layer=-1``); ``text_config={...}`` for the language model; family knobs:
-            ``image_size``, ``patch_size`` (LLaVA, Idefics3), ``image_grid_pinpoints`` (LLaVA-NeXT),
-            ``max_image_side``, ``vision_config={...}`` (Qwen2.5-VL).
+            config (e.g. ``vision_feature_layer=-1``); and the same knobs for every VLM family:
+
+            - ``image_size``: the vision tower's input side in pixels (LLaVA, Idefics3, SmolVLM, InternVL: one
+              crop or tile; Gemma 3: the whole image). Qwen2.5-VL / Qwen3-VL take images at their own size:
+              there it is the largest side an image is resized to (``max_image_side`` is its older name).
+            - ``patch_size``: the vision transformer's patch side in pixels.
+            - ``vision_config={...}``: fields of the vision tower's config, applied last (e.g.
+              ``{"num_hidden_layers": 1}``; for Qwen, ``num_hidden_layers`` / ``num_attention_heads`` mean its
+              ``depth`` / ``num_heads``).
+            - ``text_config={...}``: fields of the language model's config.
+
+            Family-specific: ``image_grid_pinpoints`` (LLaVA-NeXT's any-res grids), ``max_patches`` (InternVL's
+            tiles per image, 4 by default; 1 turns tiling off), ``mm_tokens_per_image`` (Gemma 3).
 
     The result loads with ``AutoModelForImageTextToText.from_pretrained(path)`` and
     ``AutoProcessor.from_pretrained(path)``, without ``trust_remote_code``. Takes well under a second.
