@@ -313,6 +313,45 @@ COLOR_CHOICE = Task(
     thoughts_hint="describe the colour of the image",
 )
 
+# The multi-step probes of `vlm_env_ppo.envs.multistep_probes` (the learning tests' tasks, `vlm_env_ppo.probes`).
+DELAYED_CREDIT = Task(
+    env_id="vlm_env_ppo/DelayedCredit-v0",
+    action_names=("red", "blue"),
+    description=(
+        "The first image is filled with a single colour; later images are grey. Say which colour the first image is. "
+        "Only your first answer counts, and you learn whether it was right a few steps later."
+    ),
+    thoughts_hint="describe the colour of the image",
+)
+TRAP = Task(
+    env_id="vlm_env_ppo/Trap-v0",
+    action_names=("left", "right"),
+    description=(
+        'You walk along a corridor. "left" takes a small prize at once and ends the game; "right" walks on, and '
+        "a large prize waits at the far end."
+    ),
+    thoughts_hint="describe how far along the corridor you are",
+)
+MEMORY = Task(
+    env_id="vlm_env_ppo/Memory-v0",
+    action_names=("red", "blue"),
+    description=(
+        "The first image is filled with a single colour; later images are grey. Say which colour the first image was. "
+        "Only your answer at the last grey image counts."
+    ),
+    thoughts_hint="recall the colour of the first image",
+)
+GRID_NAV = Task(
+    env_id="vlm_env_ppo/GridNav-v0",
+    action_names=("left", "right", "down"),
+    description=(
+        "You are on a 2x2 grid seen from above; your square is lit in its colour. Reach the green square below your "
+        "start: a wall is in the way, so go round it. Each action moves you one square."
+    ),
+    thoughts_hint="describe the colour of your square, then decide which move brings you closer to the goal",
+)
+PROBE_TASKS = (DELAYED_CREDIT, TRAP, MEMORY, GRID_NAV)
+
 # --------------------------------------------------------------------------------------- third-party gymnasium envs
 # Made with `vlm_env_ppo.envs.adapter.make_env`: rendered rgb_array frames, the mission text in the prompt.
 MINIGRID_ACTIONS = ("turn left", "turn right", "move forward", "pick up", "drop", "toggle", "done")
@@ -396,6 +435,7 @@ TASKS: dict[str, Task] = {
         POINTS_24,
         BLACKJACK,
         COLOR_CHOICE,
+        *PROBE_TASKS,
         FROZEN_LAKE,
         TEXTWORLD,
         ALFWORLD,

@@ -7,6 +7,9 @@ Importing this package registers, with gymnasium:
   ``gym_cards/Points24-v0`` (`Points24Env`), ``gym_cards/Blackjack-v0`` (`BlackjackEnv`): the paper's ids, so its
   users can switch;
 - ``vlm_env_ppo/ColorChoice-v0`` (`vlm_env_ppo.envs.probe.ColorChoiceEnv`): a one-step visual probe for tests;
+- ``vlm_env_ppo/DelayedCredit-v0``, ``vlm_env_ppo/Trap-v0``, ``vlm_env_ppo/Memory-v0``, ``vlm_env_ppo/GridNav-v0``
+  (`vlm_env_ppo.envs.multistep_probes`): multi-step probes, each isolating one thing PPO must get right (delayed
+  credit, discounting, memory through ``history_length``, sparse reward with truncation);
 - ``vlm_env_ppo/TextWorld-v0`` (`vlm_env_ppo.envs.textworld_env.TextWorldEnv`, needs the ``textworld`` extra; pass
   ``game_files=`` or ``games_dir=``) and ``vlm_env_ppo/ALFWorld-v0`` (`vlm_env_ppo.envs.alfworld_env.ALFWorldEnv`,
   needs the ``alfworld`` extra and its data): text games, observations and actions are strings.
@@ -32,6 +35,7 @@ from .blackjack import BlackjackEnv
 from .ez_points import EZPointsEnv
 from .number_line import NumberLineEnv
 from .points24 import Points24Env
+from .multistep_probes import DelayedCreditEnv, GridNavEnv, MemoryEnv, TrapEnv
 from .probe import ColorChoiceEnv
 
 ENTRY_POINTS = {
@@ -40,6 +44,10 @@ ENTRY_POINTS = {
     "gym_cards/Points24-v0": "vlm_env_ppo.envs.points24:Points24Env",
     "gym_cards/Blackjack-v0": "vlm_env_ppo.envs.blackjack:BlackjackEnv",
     "vlm_env_ppo/ColorChoice-v0": "vlm_env_ppo.envs.probe:ColorChoiceEnv",
+    "vlm_env_ppo/DelayedCredit-v0": "vlm_env_ppo.envs.multistep_probes:DelayedCreditEnv",
+    "vlm_env_ppo/Trap-v0": "vlm_env_ppo.envs.multistep_probes:TrapEnv",
+    "vlm_env_ppo/Memory-v0": "vlm_env_ppo.envs.multistep_probes:MemoryEnv",
+    "vlm_env_ppo/GridNav-v0": "vlm_env_ppo.envs.multistep_probes:GridNavEnv",
     # Text games: their modules import textworld/alfworld only when an env is made.
     "vlm_env_ppo/TextWorld-v0": "vlm_env_ppo.envs.textworld_env:TextWorldEnv",
     "vlm_env_ppo/ALFWorld-v0": "vlm_env_ppo.envs.alfworld_env:ALFWorldEnv",
@@ -52,6 +60,10 @@ ACTION_NAMES: dict[str, tuple[str, ...]] = {
     "gym_cards/Points24-v0": Points24Env.ACTION_NAMES,
     "gym_cards/Blackjack-v0": BlackjackEnv.ACTION_NAMES,
     "vlm_env_ppo/ColorChoice-v0": ColorChoiceEnv.ACTION_NAMES,
+    "vlm_env_ppo/DelayedCredit-v0": DelayedCreditEnv.ACTION_NAMES,
+    "vlm_env_ppo/Trap-v0": TrapEnv.ACTION_NAMES,
+    "vlm_env_ppo/Memory-v0": MemoryEnv.ACTION_NAMES,
+    "vlm_env_ppo/GridNav-v0": GridNavEnv.ACTION_NAMES,
 }
 
 
@@ -69,8 +81,12 @@ __all__ = [
     "ENTRY_POINTS",
     "BlackjackEnv",
     "ColorChoiceEnv",
+    "DelayedCreditEnv",
     "EZPointsEnv",
+    "GridNavEnv",
+    "MemoryEnv",
     "NumberLineEnv",
     "Points24Env",
+    "TrapEnv",
     "register_envs",
 ]

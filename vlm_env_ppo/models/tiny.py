@@ -147,10 +147,14 @@ def default_corpus() -> list[str]:
         "The image is filled with a single colour. Say which colour it is. Target: Current: Formula:",
     ]
     from ..tasks import (
+        PROBE_TASKS,
         TASKS,  # the real prompts of the registered tasks, so they tokenize compactly
     )
 
-    for task in TASKS.values():
+    # The multi-step probes came after the tokenizer's vocabulary was settled: their prompts would add merges and
+    # renumber tokens, changing every tiny checkpoint and every number measured with one (README, benchmarks).
+    skip = {task.env_id for task in PROBE_TASKS}
+    for task in (t for t in TASKS.values() if t.env_id not in skip):
         texts += [task.prompt({}), task.prompt({}, action_only=True)]
     return texts
 

@@ -1,0 +1,70 @@
+"""Learning that holds over several steps: each multi-step probe (`vlm_env_ppo.envs.multistep_probes`) goes from its
+chance level to its target with a tiny LLaVA-NeXT, and a control run without the feature the probe isolates does
+not. Settings: `vlm_env_ppo.probes.PROBE_SETTINGS` (shared with ``benchmarks/learning.py``); ``pytest -s`` prints
+the numbers."""
+
+import pytest
+
+from vlm_env_ppo.probes import PROBE_SETTINGS, ProbeRun, run_probe
+
+
+def learner_and_control(tiny_vlm_path, tmp_path, env_id) -> tuple[ProbeRun, ProbeRun]:
+    """Both runs from the same tiny checkpoint and seed; checks what every probe shares: the warm start leaves the
+    learner near chance with parsable answers, and the learner reaches the probe's target."""
+    settings = PROBE_SETTINGS[env_id]
+    model = tiny_vlm_path("llava_next")
+    learner = run_probe(model, env_id, str(tmp_path / "learner"))
+    control = run_probe(model, env_id, str(tmp_path / "control"), control=True)
+    success = lambda run, when: getattr(run, when)["eval/success_rate"]  # noqa: E731
+    print(
+        f"\n{env_id}: learner {success(learner, 'before'):.3f} -> {success(learner, 'after'):.3f} "
+        f"({learner.seconds:.0f} s); control {settings['control']} {success(control, 'before'):.3f} -> "
+        f"{success(control, 'after'):.3f} ({control.seconds:.0f} s); chance {settings['chance']:.3f}"
+    )
+    assert learner.before["eval/invalid_action_rate"] <= 0.2, "the warm start should teach the answer format"
+    assert abs(success(learner, "before") - settings["chance"]) <= 0.2, (
+        f"the warm start should leave the policy near chance ({settings['chance']:.2f}), got "
+        f"{success(learner, 'before'):.2f}"
+    )
+    assert success(learner, "after") >= settings["target"], (
+        f"{env_id}: success went from {success(learner, 'before'):.2f} to only {success(learner, 'after'):.2f}"
+    )
+    return learner, control
+
+
+@pytest.mark.skip(reason="not yet within CI time: measured 0.42 -> 0.72 (delay 1, 50 updates, 43 s); needs a larger "
+                  "budget or fewer invalid outputs after the warm start (27%) before it can assert >= 0.9")
+def test_delayed_credit_needs_reward_carried_back(tiny_vlm_path, tmp_path):
+    """The first answer is paid two steps later. GAE carries that reward back; with gamma=0 the first step's
+    advantage holds no reward at all, so the control must stay at chance (it fails if returns leaked across
+    episodes, or if the done mask were ignored the wrong way round)."""
+    _, control = learner_and_control(tiny_vlm_path, tmp_path, "vlm_env_ppo/DelayedCredit-v0")
+    assert control.after["eval/success_rate"] <= 0.7
+
+
+def test_trap_needs_discounting_and_bootstrap(tiny_vlm_path, tmp_path):
+    """Small prize now or a large one two steps later: the learner walks on; gamma=0 must take the small prize."""
+    _, control = learner_and_control(tiny_vlm_path, tmp_path, "vlm_env_ppo/Trap-v0")
+    assert control.after["eval/success_rate"] <= 0.2
+    # every Trap episode ends with one prize: 0.5 (small) or 1 (large), so a mean return near 0.5 is the small one
+    assert control.after["eval/episode_return"] <= 0.6
+
+
+def test_memory_needs_history(tiny_vlm_path, tmp_path):
+    """The cue is off screen at the decisive step: with history_length=1 the first frame is in the prompt and the
+    learner reaches the target; without history the control must stay near chance."""
+    _, control = learner_and_control(tiny_vlm_path, tmp_path, "vlm_env_ppo/Memory-v0")
+    assert control.after["eval/success_rate"] <= 0.7
+
+
+@pytest.mark.skip(reason="not yet within CI time: measured 0.17 -> 0.61 after 40 updates (3200 env steps, 105 s), "
+                  "still rising; its gamma=0 control was not measured")
+def test_gridnav_needs_sparse_reward_carried_back_through_truncation(tiny_vlm_path, tmp_path):
+    """Three moves in three directions to a sparse goal, with a time limit. With gamma=0 only the last move is ever
+    rewarded; the first two stay at chance, so the control cannot approach the learner."""
+    learner, control = learner_and_control(tiny_vlm_path, tmp_path, "vlm_env_ppo/GridNav-v0")
+    assert control.after["eval/success_rate"] <= learner.after["eval/success_rate"] - 0.3
+    assert learner.after["eval/episode_length"] <= 3.6, "the learner should take the short way round the wall"
+
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

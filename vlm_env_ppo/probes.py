@@ -1,0 +1,130 @@
+"""Training settings for the probe tasks, shared by the learning tests and the learning benchmark.
+
+Each probe (`vlm_env_ppo.envs.multistep_probes`) comes with a learner that must reach ``target`` success from its
+chance level, and a control run with one setting changed (``control``) that must not: the control removes exactly
+the feature the probe isolates (``gamma=0`` for reward that arrives later, ``history_length=0`` for memory), so a
+learner that succeeds while its control fails shows that feature at work. `run_probe` plays one of them end to
+end, the way ``tests/test_learning.py`` and ``benchmarks/learning.py`` do:
+
+```python
+>>> from vlm_env_ppo.probes import PROBE_SETTINGS, run_probe
+>>> learner = run_probe(model_path, "vlm_env_ppo/Trap-v0", tmp_dir)                  # doctest: +SKIP
+>>> control = run_probe(model_path, "vlm_env_ppo/Trap-v0", tmp_dir, control=True)    # doctest: +SKIP
+>>> learner.after["eval/success_rate"], control.after["eval/success_rate"]          # doctest: +SKIP
+(1.0, 0.0)
+```
+
+The settings are sized for a tiny model (`vlm_env_ppo.models.tiny`, LLaVA-NeXT) on one CPU thread: a format-only
+warm start (`vlm_env_ppo.warm_start.teach_answer_format`), then a few dozen PPO updates with a constant learning
+rate, action-only prompts and sampling at temperature 1.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .config import VLMPPOConfig
+
+# What every probe run shares: the ColorChoice learning test's settings, which a tiny model learns from in a minute.
+COMMON_CONFIG: dict[str, Any] = dict(
+    num_envs=8,
+    num_ppo_epochs=2,
+    num_mini_batches=2,
+    per_device_train_batch_size=8,
+    learning_rate=5e-4,
+    lr_scheduler_type="constant",
+    cliprange=0.2,
+    temperature=1.0,
+    max_new_tokens=10,
+    action_only=True,
+    invalid_action_penalty=-1.0,
+    activation_checkpointing=False,
+    report_to="none",
+    save_strategy="no",
+    disable_tqdm=True,
+    seed=0,
+)
+
+# env id -> settings:
+#   config: `VLMPPOConfig` fields of the learner, on top of `COMMON_CONFIG`;
+#   control: the fields the control run changes, and why it must fail;
+#   chance: success rate of uniformly random play (exact; see the env's docstring);
+#   target: success the learner must reach (sampling at temperature 1);
+#   warm_start_steps: steps of `teach_answer_format` before PPO.
+PROBE_SETTINGS: dict[str, dict[str, Any]] = {
+    "vlm_env_ppo/DelayedCredit-v0": dict(
+        # delay 1 (the env's default is 2): the same credit assignment through one more step, at half the CI time
+        config=dict(num_steps=4, total_env_steps=8 * 4 * 50, env_kwargs={"delay": 1}),
+        control=dict(gamma=0.0),  # the first step's return is its own reward, always 0: no signal, stays at chance
+        chance=0.5,
+        target=0.9,
+        warm_start_steps=60,
+    ),
+    "vlm_env_ppo/Trap-v0": dict(
+        config=dict(num_steps=6, total_env_steps=8 * 6 * 30),
+        control=dict(gamma=0.0),  # myopic: 0.5 now beats 0 now, so it learns to take the small prize
+        chance=0.125,
+        target=0.9,
+        warm_start_steps=60,
+    ),
+    "vlm_env_ppo/Memory-v0": dict(
+        config=dict(num_steps=4, total_env_steps=8 * 4 * 60, history_length=1),
+        control=dict(history_length=0),  # the cue is off screen at the decisive step: nothing to learn from
+        chance=0.5,
+        target=0.9,
+        warm_start_steps=60,
+    ),
+    "vlm_env_ppo/GridNav-v0": dict(
+        config=dict(num_steps=10, total_env_steps=8 * 10 * 40),
+        control=dict(gamma=0.0),  # only the last move is rewarded; the first two stay at chance
+        chance=14 / 81,
+        target=0.9,
+        warm_start_steps=60,
+    ),
+}
+
+
+def probe_config(env_id: str, output_dir: str, control: bool = False, **overrides) -> VLMPPOConfig:
+    """The `VLMPPOConfig` of ``env_id``'s learner (or, ``control=True``, its control), with ``overrides`` on top."""
+    if env_id not in PROBE_SETTINGS:
+        raise KeyError(f"No probe settings for {env_id!r}; known probes: {sorted(PROBE_SETTINGS)}.")
+    settings = PROBE_SETTINGS[env_id]
+    kwargs = {**COMMON_CONFIG, **settings["config"], **(settings["control"] if control else {}), **overrides}
+    return VLMPPOConfig(output_dir=output_dir, **kwargs)
+
+
+@dataclass
+class ProbeRun:
+    """One probe run: evaluation metrics (``eval/success_rate``, ``eval/episode_return``, ...) before PPO (after the
+    warm start) and after it, and the wall time of the whole run in seconds."""
+
+    before: dict[str, float]
+    after: dict[str, float]
+    seconds: float
+
+
+def run_probe(
+    model: str, env_id: str, output_dir: str, control: bool = False, eval_episodes: int = 64, eval_seed: int = 1000,
+    **overrides,
+) -> ProbeRun:
+    """Warm-start ``model`` on the answer format, evaluate, train with `probe_config`, evaluate again.
+
+    Evaluations sample at the training temperature (not greedy), so they measure the policy's own success
+    probability: a policy at chance scores near chance, where a greedy one could land anywhere.
+    """
+    from .trainer import VLMPPOTrainer  # heavy: only when a run is asked for
+    from .warm_start import teach_answer_format
+
+    start = time.perf_counter()
+    args = probe_config(env_id, output_dir, control=control, **overrides)
+    trainer = VLMPPOTrainer(model, args, env=env_id)
+    try:
+        teach_answer_format(trainer, steps=PROBE_SETTINGS[env_id]["warm_start_steps"])
+        before = trainer.evaluate(num_episodes=eval_episodes, seed=eval_seed, greedy=False)
+        trainer.train()
+        after = trainer.evaluate(num_episodes=eval_episodes, seed=eval_seed, greedy=False)
+    finally:
+        trainer.envs.close()
+    return ProbeRun(before, after, time.perf_counter() - start)
