@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vlm_env_ppo.advantages import compute_gae, kl_penalty, spread_back_in_episodes, whiten
+from vlm_env_ppo.advantages import compute_gae, kl_penalty, normalize_advantages, spread_back_in_episodes, whiten
 
 GAMMA, LAM = 0.9, 0.95
 
@@ -59,6 +59,26 @@ def test_whiten_and_masked_whiten():
     assert w.mean().abs() < 1e-6 and (w.var(unbiased=False) - 1).abs() < 1e-4
     m = whiten(x, mask=torch.tensor([1, 1, 1, 0]))
     torch.testing.assert_close(m[:3], whiten(x[:3]))
+
+
+def test_normalize_advantages_scales_down_never_up():
+    """Spread larger than the floor: classic whitening. Critic noise around one return (a converged policy): only
+    centred, not blown up to unit scale, which is what made long runs collapse. Floor 0 is classic whitening."""
+    big = torch.tensor([-10.0, 0.0, 10.0, 20.0])
+    out, stats = normalize_advantages(big, std_floor=1.0)
+    torch.testing.assert_close(out, whiten(big))
+    assert stats["scale"] == pytest.approx(float(big.std(unbiased=False)))
+    noise = torch.tensor([0.01, -0.02, 0.015, -0.005])
+    out, stats = normalize_advantages(noise, std_floor=1.0)
+    torch.testing.assert_close(out, noise - noise.mean())
+    assert stats["scale"] == 1.0 and stats["std"] == pytest.approx(float(noise.std(unbiased=False)))
+    classic, _ = normalize_advantages(noise, std_floor=0.0)
+    assert float(classic.std(unbiased=False)) == pytest.approx(1.0, abs=1e-4)
+    # statistics from another tensor (all processes' advantages); non-finite entries are ignored and kept
+    with_nan = torch.tensor([1.0, float("nan"), 3.0])
+    out, stats = normalize_advantages(with_nan, std_floor=0.5, statistics_of=torch.tensor([1.0, 3.0, float("inf")]))
+    assert stats["mean"] == 2.0 and stats["scale"] == 1.0
+    assert out[1].isnan() and out[0].item() == -1.0 and out[2].item() == 1.0
 
 
 def test_spread_back_in_episodes_stops_at_episode_ends():

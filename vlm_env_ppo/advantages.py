@@ -97,6 +97,38 @@ def whiten(values: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: b
     return whitened if shift_mean else whitened + mean
 
 
+def normalize_advantages(
+    advantages: torch.Tensor, std_floor: float, statistics_of: torch.Tensor | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Centre advantages and scale them down to unit variance, but never up: ``(A - mean) / max(std, std_floor)``.
+
+    Classic whitening divides by ``std + 1e-8``. Once a policy has converged every sample earns the same return, so
+    the advantages are only the critic's error (a few hundredths and shrinking as the critic fits), and whitening
+    blows that noise up to unit scale: every update then pushes the policy as hard as at the start of training, in
+    directions set by the critic's error (sampled answers on frames the critic overvalues are pushed down in every
+    update). Measured on the quickstart run 7.5x longer: raw advantage std 0.01-0.03 after convergence, i.e. 30-100x
+    amplification, and training success fell from 1.00 to 0.78 with 44-50% invalid outputs. A floor in reward units
+    keeps the useful part of whitening (large-reward tasks such as EZPoints' +10 are scaled down to unit variance)
+    and drops the harmful part (scaling up), as DreamerV3 does for its return normalisation (Hafner et al. 2023:
+    "scale down large returns, do not scale up small ones"). ``std_floor=0`` is classic whitening.
+
+    Args:
+        advantages: any shape; non-finite entries (skipped samples) are left as they are and ignored by the stats.
+        std_floor: the smallest divisor, in reward units.
+        statistics_of: the tensor to take mean and std from (the advantages of all processes when distributed, so
+            every process normalises alike); ``advantages`` when None.
+
+    Returns:
+        ``(normalized, stats)`` with ``stats = {"mean", "std", "scale"}`` (``scale`` the divisor used).
+    """
+    source = advantages if statistics_of is None else statistics_of
+    finite = source[torch.isfinite(source)].float()
+    mean = float(finite.mean()) if finite.numel() else 0.0
+    std = float(finite.std(unbiased=False)) if finite.numel() else 0.0
+    scale = max(std, std_floor, 1e-8)
+    return (advantages - mean) / scale, {"mean": mean, "std": std, "scale": scale}
+
+
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
     """Per-token estimate of KL(pi || pi_ref) from samples of pi (Schulman, "Approximating KL divergence").
 

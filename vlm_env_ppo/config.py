@@ -88,7 +88,14 @@ class VLMPPOConfig(TrainingArguments):
         lam (`float`, *optional*, defaults to `0.95`):
             GAE lambda (paper: 0.95).
         whiten_advantages (`bool`, *optional*, defaults to `True`):
-            Normalize advantages over the whole batch (over all processes when distributed).
+            Normalize advantages over the whole batch (over all processes when distributed): centre them and divide
+            by `max(std, advantage_std_floor)`.
+        advantage_std_floor (`float`, *optional*, defaults to `1.0`):
+            Smallest divisor of the advantage normalization, in reward units: advantages are scaled down to unit
+            variance but never up, so once every sample earns the same return the critic's small errors are not
+            blown up into full-size policy updates (that made converged runs collapse). `0.0` is classic whitening
+            (divide by the std). Set it to the size of a meaningful return difference if your rewards are much
+            smaller than 1.
         cot_logprob_coef (`float`, *optional*, defaults to `0.5`):
             λ in `log pi(a|o) = λ * sum log p(CoT tokens) + sum log p(action tokens)` (paper: 0.5, in [0, 1]).
 
@@ -203,6 +210,13 @@ class VLMPPOConfig(TrainingArguments):
     gamma: float = field(default=0.9, metadata={"help": "Discount factor (paper: 0.9)."})
     lam: float = field(default=0.95, metadata={"help": "GAE lambda (paper: 0.95)."})
     whiten_advantages: bool = field(default=True, metadata={"help": "Whiten advantages over the global batch."})
+    advantage_std_floor: float = field(
+        default=1.0,
+        metadata={
+            "help": "Smallest divisor of the advantage normalization, in reward units: scale advantages down to unit "
+            "variance, never up (0.0: classic whitening)."
+        },
+    )
     cot_logprob_coef: float = field(
         default=0.5, metadata={"help": "Weight λ of the chain-of-thought tokens' log-probs (paper: 0.5)."}
     )
@@ -275,10 +289,15 @@ class VLMPPOConfig(TrainingArguments):
                 raise ValueError(f"`{name}` must be an int > 0, got {getattr(self, name)!r}.")
         if self.temperature is None or self.temperature <= 0:  # NaN and inf: the finite check below
             raise ValueError(f"`temperature` must be > 0, got {self.temperature!r}.")
-        for name in ("vf_coef", "kl_coef", "cliprange", "learning_rate", "weight_decay", "adam_epsilon"):
+        for name in (
+            "vf_coef", "kl_coef", "cliprange", "learning_rate", "weight_decay", "adam_epsilon", "advantage_std_floor"
+        ):
             if not getattr(self, name) >= 0:  # `not >=` also catches NaN
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
-        for name in ("temperature", "cliprange", "vf_coef", "kl_coef", "invalid_action_penalty", "learning_rate"):
+        for name in (
+            "temperature", "cliprange", "vf_coef", "kl_coef", "invalid_action_penalty", "learning_rate",
+            "advantage_std_floor",
+        ):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"`{name}` must be a finite number, got {getattr(self, name)}.")
         if not (self.max_grad_norm is not None and 0 < self.max_grad_norm < math.inf):

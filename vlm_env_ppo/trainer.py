@@ -41,7 +41,7 @@ from trl.trainer.utils import generate_model_card
 from . import __version__
 from ._trl import BaseTrainer
 from .actions import ParsedAction
-from .advantages import compute_gae, kl_penalty, spread_back_in_episodes
+from .advantages import compute_gae, kl_penalty, normalize_advantages, spread_back_in_episodes
 from .agent import (
     AGENT_CONFIG,
     EvalResult,
@@ -680,12 +680,12 @@ class VLMPPOTrainer(BaseTrainer):
         )
         advantages[bad], returns[bad] = float("nan"), float("nan")
         batch.returns = returns
+        self._advantage_stats = {}
         if self.args.whiten_advantages:
-            # Global statistics: every process whitens with the mean/std of all processes' (finite) advantages.
+            # Global statistics: every process normalises with the mean/std of all processes' advantages.
             all_advantages = self.accelerator.gather(advantages.to(self.accelerator.device)).cpu()
-            ok = all_advantages[torch.isfinite(all_advantages)]
-            mean, std = (ok.mean(), ok.std(unbiased=False)) if ok.numel() else (0.0, 1.0)
-            advantages = (advantages - mean) / (std + 1e-8)
+            advantages, stats = normalize_advantages(advantages, self.args.advantage_std_floor, all_advantages)
+            self._advantage_stats = {"advantages/raw_std": stats["std"], "advantages/scale": stats["scale"]}
         batch.advantages = advantages
 
     def ppo_update(self, batch: RolloutBatch) -> dict[str, float]:
@@ -999,7 +999,7 @@ class VLMPPOTrainer(BaseTrainer):
         for process_faults in gather_object([self._output_faults]):
             for key, count in process_faults.items():
                 faults[key] = faults.get(key, 0) + count
-        return faults | {
+        return faults | getattr(self, "_advantage_stats", {}) | {
             "env/errors": env_errors,
             "train/nonfinite_rollout_samples": nonfinite,
             "env/episode_return": float(np.mean([f[0] for f in finished])) if finished else nan,
