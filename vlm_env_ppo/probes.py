@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .config import VLMPPOConfig
 
 # What every probe run shares: the ColorChoice learning test's settings, which a tiny model learns from in a minute.
@@ -52,8 +54,19 @@ COMMON_CONFIG: dict[str, Any] = dict(
 #   control: the fields the control run changes, and why it must fail;
 #   chance: success rate of uniformly random play (exact; see the env's docstring);
 #   target: success the learner must reach (sampling at temperature 1);
-#   warm_start_steps: steps of `teach_answer_format` before PPO.
+#   warm_start_steps: steps of `teach_answer_format` before PPO;
+#   benchmark_updates: PPO updates of a `benchmarks/learning.py` run, at least 5x the updates to 90% success so
+#       the run shows whether success holds after convergence (the learner's config sets the CI tests' budget).
 PROBE_SETTINGS: dict[str, dict[str, Any]] = {
+    "vlm_env_ppo/ColorChoice-v0": dict(
+        # the quickstart's task and settings; its control matters only in long runs (see `test_learning.py`)
+        config=dict(num_steps=4, total_env_steps=8 * 4 * 40),
+        control=dict(advantage_std_floor=0.0),  # classic whitening: converged runs collapse (seed 2 by update ~120)
+        chance=0.5,
+        target=0.9,
+        warm_start_steps=60,
+        benchmark_updates=300,
+    ),
     "vlm_env_ppo/DelayedCredit-v0": dict(
         # delay 1 (the env's default is 2): the same credit assignment through one more step, at half the CI time
         config=dict(num_steps=4, total_env_steps=8 * 4 * 50, env_kwargs={"delay": 1}),
@@ -61,6 +74,7 @@ PROBE_SETTINGS: dict[str, dict[str, Any]] = {
         chance=0.5,
         target=0.9,
         warm_start_steps=60,
+        benchmark_updates=250,
     ),
     "vlm_env_ppo/Trap-v0": dict(
         config=dict(num_steps=6, total_env_steps=8 * 6 * 30),
@@ -68,6 +82,7 @@ PROBE_SETTINGS: dict[str, dict[str, Any]] = {
         chance=0.125,
         target=0.9,
         warm_start_steps=60,
+        benchmark_updates=150,
     ),
     "vlm_env_ppo/Memory-v0": dict(
         config=dict(num_steps=4, total_env_steps=8 * 4 * 60, history_length=1),
@@ -75,6 +90,7 @@ PROBE_SETTINGS: dict[str, dict[str, Any]] = {
         chance=0.5,
         target=0.9,
         warm_start_steps=60,
+        benchmark_updates=300,
     ),
     "vlm_env_ppo/GridNav-v0": dict(
         config=dict(num_steps=10, total_env_steps=8 * 10 * 40),
@@ -82,8 +98,45 @@ PROBE_SETTINGS: dict[str, dict[str, Any]] = {
         chance=14 / 81,
         target=0.9,
         warm_start_steps=60,
+        benchmark_updates=250,
     ),
 }
+
+
+WINDOW = 5  # updates in the moving average of the training success rate
+TARGET = 0.9
+
+
+def moving_average(values: list[float], window: int = WINDOW) -> list[float]:
+    """Trailing mean over the last ``window`` finite values (NaN entries, updates with no finished episode, are
+    skipped); NaN until one value has been seen."""
+    out, seen = [], []
+    for v in values:
+        if np.isfinite(v):
+            seen.append(v)
+        recent = seen[-window:]
+        out.append(float(np.mean(recent)) if recent else float("nan"))
+    return out
+
+
+def convergence(success: list[float], target: float = TARGET, window: int = WINDOW) -> dict:
+    """Updates to ``target`` (1-based) of the moving average of per-update training success, the worst moving
+    average after that (does it hold?), and the budget over the updates to ``target``."""
+    ma = moving_average(success, window)
+    reached = next((k for k, v in enumerate(ma) if k + 1 >= window and v >= target), None)
+    worst = min(ma[reached:]) if reached is not None else None
+    return {
+        "updates_to_90": None if reached is None else reached + 1,
+        "worst_after_90": worst,
+        "budget_over_90": None if reached is None else round(len(success) / (reached + 1), 2),
+        "moving_average": [round(v, 4) for v in ma],
+    }
+
+
+def training_success(trainer) -> tuple[list[float], list[float]]:
+    """Per logged update: the training success rate (NaN when no episode ended) and the invalid-output rate."""
+    history = [h for h in trainer.state.log_history if "env/success_rate" in h]
+    return [float(h["env/success_rate"]) for h in history], [float(h["env/invalid_action_rate"]) for h in history]
 
 
 def probe_config(env_id: str, output_dir: str, control: bool = False, **overrides) -> VLMPPOConfig:
@@ -105,6 +158,29 @@ class ProbeRun:
     seconds: float
 
 
+def probe_trainer(
+    model: str, env_id: str, output_dir: str, control: bool = False, num_updates: int | None = None, **overrides
+):
+    """A `VLMPPOTrainer` on ``env_id`` with its probe settings (``control``: the control's), taught the answer format
+    (`teach_answer_format`, seeded like the run), ready for ``train()``. ``num_updates`` replaces the settings'
+    budget; ``overrides`` are `VLMPPOConfig` fields (``seed`` included)."""
+    from .trainer import VLMPPOTrainer  # heavy: only when a run is asked for
+    from .warm_start import teach_answer_format
+
+    args = probe_config(env_id, output_dir, control=control, **overrides)
+    if num_updates is not None:
+        args = probe_config(
+            env_id, output_dir, control=control, **{**overrides, "total_env_steps": num_updates * args.batch_size}
+        )
+    trainer = VLMPPOTrainer(model, args, env=env_id)
+    try:
+        teach_answer_format(trainer, steps=PROBE_SETTINGS[env_id]["warm_start_steps"], seed=args.seed)
+    except BaseException:
+        trainer.envs.close()
+        raise
+    return trainer
+
+
 def run_probe(
     model: str, env_id: str, output_dir: str, control: bool = False, eval_episodes: int = 64, eval_seed: int = 1000,
     **overrides,
@@ -114,14 +190,9 @@ def run_probe(
     Evaluations sample at the training temperature (not greedy), so they measure the policy's own success
     probability: a policy at chance scores near chance, where a greedy one could land anywhere.
     """
-    from .trainer import VLMPPOTrainer  # heavy: only when a run is asked for
-    from .warm_start import teach_answer_format
-
     start = time.perf_counter()
-    args = probe_config(env_id, output_dir, control=control, **overrides)
-    trainer = VLMPPOTrainer(model, args, env=env_id)
+    trainer = probe_trainer(model, env_id, output_dir, control=control, **overrides)
     try:
-        teach_answer_format(trainer, steps=PROBE_SETTINGS[env_id]["warm_start_steps"])
         before = trainer.evaluate(num_episodes=eval_episodes, seed=eval_seed, greedy=False)
         trainer.train()
         after = trainer.evaluate(num_episodes=eval_episodes, seed=eval_seed, greedy=False)
