@@ -1,7 +1,7 @@
 """The learning yardstick: how fast PPO learns each probe task, and whether it keeps what it learned.
 
 ```bash
-python benchmarks/learning.py                          # every probe, seeds 0-2 (~40 min on a quiet 2-core CPU)
+python benchmarks/learning.py --jobs 2                 # every probe, seeds 0-2 (~1 h on a quiet 2-core CPU)
 python benchmarks/learning.py --probes ColorChoice --seeds 0 1 2 --set advantage_std_floor=0   # an A/B arm
 python benchmarks/learning.py --quick                  # the CI smoke size: one seed, a few updates per probe
 ```
@@ -26,10 +26,12 @@ update, one panel per probe, one line per seed). ``--set key=value`` overrides a
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import io
 import json
 import logging
+import multiprocessing
 import os
 import platform
 import statistics
@@ -173,6 +175,19 @@ def quiet(log: io.StringIO):
             hf_logging.set_verbosity(previous)
 
 
+def quiet_run(args: tuple) -> dict:
+    """`run_one` with trainer logs kept off the terminal, and one line printed when it is done."""
+    import torch
+
+    probe, seed, overrides, eval_episodes, quick, workdir, threads = args
+    torch.set_num_threads(threads)
+    with quiet(io.StringIO()):
+        run = run_one(probe, seed, overrides, eval_episodes, quick, workdir)
+    print(f"{probe} seed {seed}: updates to 90%: {run['updates_to_90']}, worst after: {run['worst_after_90']}, greedy "
+          f"{run['final_greedy_success']:.3f} ({run['wall_s']:.0f} s)", flush=True)
+    return run
+
+
 def parse_overrides(pairs: list[str]) -> dict:
     """``key=value`` strings → a dict, values parsed as JSON where they are JSON (numbers, booleans, null)."""
     out = {}
@@ -198,7 +213,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--eval-episodes", type=int, default=200)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="VLMPPOConfig overrides")
     parser.add_argument("--quick", action="store_true", help="one seed, a few updates per probe (a smoke run)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per run")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (one core each)")
     parser.add_argument("--out", default=os.path.join(HERE, "learning_results.json"))
     parser.add_argument("--plot", default=os.path.join(ROOT, "docs", "learning_curves.png"))
     cli = parser.parse_args(argv)
@@ -209,16 +225,17 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     start, load_before = time.time(), os.getloadavg()
     results: dict[str, list[dict]] = {}
-    log = io.StringIO()
+    jobs = [(probe, seed) for probe in cli.probes for seed in cli.seeds]
     with tempfile.TemporaryDirectory(prefix="vlm-env-ppo-learning-") as workdir:
-        for probe in cli.probes:
-            for seed in cli.seeds:
-                print(f"{probe} seed {seed} ...", end=" ", flush=True)
-                with quiet(log):
-                    run = run_one(probe, seed, overrides, cli.eval_episodes, cli.quick, workdir)
-                results.setdefault(probe, []).append(run)
-                print(f"updates to 90%: {run['updates_to_90']}, worst after: {run['worst_after_90']}, greedy "
-                      f"{run['final_greedy_success']:.3f} ({run['wall_s']:.0f} s)", flush=True)
+        args = [(probe, seed, overrides, cli.eval_episodes, cli.quick, workdir, cli.threads) for probe, seed in jobs]
+        if cli.jobs > 1:  # one process per run: the runs are independent and single-threaded
+            context = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(cli.jobs, mp_context=context) as pool:
+                runs = list(pool.map(quiet_run, args))
+        else:
+            runs = [quiet_run(a) for a in args]
+    for (probe, _), run in zip(jobs, runs):
+        results.setdefault(probe, []).append(run)
     summaries = {probe: summarize(runs) for probe, runs in results.items()}
     import transformers
 
