@@ -33,8 +33,6 @@ def learner_and_control(tiny_vlm_path, tmp_path, env_id) -> tuple[ProbeRun, Prob
     return learner, control
 
 
-@pytest.mark.skip(reason="not yet within CI time: measured 0.42 -> 0.72 (delay 1, 50 updates, 43 s); needs a larger "
-                  "budget or fewer invalid outputs after the warm start (27%) before it can assert >= 0.9")
 def test_delayed_credit_needs_reward_carried_back(tiny_vlm_path, tmp_path):
     """The first answer is paid two steps later. GAE carries that reward back; with gamma=0 the first step's
     advantage holds no reward at all, so the control must stay at chance (it fails if returns leaked across
@@ -58,8 +56,6 @@ def test_memory_needs_history(tiny_vlm_path, tmp_path):
     assert control.after["eval/success_rate"] <= 0.7
 
 
-@pytest.mark.skip(reason="not yet within CI time: measured 0.17 -> 0.61 after 40 updates (3200 env steps, 105 s), "
-                  "still rising; its gamma=0 control was not measured")
 def test_gridnav_needs_sparse_reward_carried_back_through_truncation(tiny_vlm_path, tmp_path):
     """Three moves in three directions to a sparse goal, with a time limit. With gamma=0 only the last move is ever
     rewarded; the first two stay at chance, so the control cannot approach the learner."""

@@ -69,7 +69,7 @@ PROBE_SETTINGS: dict[str, dict[str, Any]] = {
     ),
     "vlm_env_ppo/DelayedCredit-v0": dict(
         # delay 1 (the env's default is 2): the same credit assignment through one more step, at half the CI time
-        config=dict(num_steps=4, total_env_steps=8 * 4 * 50, env_kwargs={"delay": 1}),
+        config=dict(num_steps=4, total_env_steps=8 * 4 * 60, env_kwargs={"delay": 1}),
         control=dict(gamma=0.0),  # the first step's return is its own reward, always 0: no signal, stays at chance
         chance=0.5,
         target=0.9,
@@ -93,12 +93,12 @@ PROBE_SETTINGS: dict[str, dict[str, Any]] = {
         benchmark_updates=300,
     ),
     "vlm_env_ppo/GridNav-v0": dict(
-        config=dict(num_steps=10, total_env_steps=8 * 10 * 40),
+        config=dict(num_steps=10, total_env_steps=8 * 10 * 80),
         control=dict(gamma=0.0),  # only the last move is rewarded; the first two stay at chance
         chance=14 / 81,
         target=0.9,
         warm_start_steps=60,
-        benchmark_updates=250,
+        benchmark_updates=350,
     ),
 }
 
