@@ -55,7 +55,8 @@ PROBES = {
 }
 
 
-def run_one(probe: str, seed: int, overrides: dict, eval_episodes: int, quick: bool, workdir: str) -> dict:
+def run_one(probe: str, seed: int, overrides: dict, eval_episodes: int, quick: bool, workdir: str,
+            updates: int | None = None) -> dict:
     """Train one probe on one seed; returns the per-update curve and the final greedy evaluation."""
     from vlm_env_ppo.models.tiny import build_tiny_vlm
     from vlm_env_ppo.probes import PROBE_SETTINGS, probe_trainer, training_success
@@ -64,7 +65,7 @@ def run_one(probe: str, seed: int, overrides: dict, eval_episodes: int, quick: b
     env_id = PROBES[probe]
     output_dir = os.path.join(workdir, f"{probe}-{seed}")
     model = build_tiny_vlm("llava_next", os.path.join(output_dir, "tiny-base-model"), seed=seed)
-    updates = QUICK_UPDATES if quick else PROBE_SETTINGS[env_id]["benchmark_updates"]
+    updates = QUICK_UPDATES if quick else updates or PROBE_SETTINGS[env_id]["benchmark_updates"]
     trainer = probe_trainer(
         model, env_id, output_dir, num_updates=updates, seed=seed, logging_steps=1, disable_tqdm=True, **overrides
     )
@@ -179,10 +180,10 @@ def quiet_run(args: tuple) -> dict:
     """`run_one` with trainer logs kept off the terminal, and one line printed when it is done."""
     import torch
 
-    probe, seed, overrides, eval_episodes, quick, workdir, threads = args
+    probe, seed, overrides, eval_episodes, quick, workdir, threads, updates = args
     torch.set_num_threads(threads)
     with quiet(io.StringIO()):
-        run = run_one(probe, seed, overrides, eval_episodes, quick, workdir)
+        run = run_one(probe, seed, overrides, eval_episodes, quick, workdir, updates)
     print(f"{probe} seed {seed}: updates to 90%: {run['updates_to_90']}, worst after: {run['worst_after_90']}, greedy "
           f"{run['final_greedy_success']:.3f} ({run['wall_s']:.0f} s)", flush=True)
     return run
@@ -214,6 +215,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="VLMPPOConfig overrides")
     parser.add_argument("--quick", action="store_true", help="one seed, a few updates per probe (a smoke run)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per run")
+    parser.add_argument("--updates", type=int, default=None,
+                        help="PPO updates per run instead of each probe's benchmark budget (a shorter A/B arm)")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (one core each)")
     parser.add_argument("--out", default=os.path.join(HERE, "learning_results.json"))
     parser.add_argument("--plot", default=os.path.join(ROOT, "docs", "learning_curves.png"))
@@ -227,7 +230,8 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict[str, list[dict]] = {}
     jobs = [(probe, seed) for probe in cli.probes for seed in cli.seeds]
     with tempfile.TemporaryDirectory(prefix="vlm-env-ppo-learning-") as workdir:
-        args = [(probe, seed, overrides, cli.eval_episodes, cli.quick, workdir, cli.threads) for probe, seed in jobs]
+        args = [(probe, seed, overrides, cli.eval_episodes, cli.quick, workdir, cli.threads, cli.updates)
+                for probe, seed in jobs]
         if cli.jobs > 1:  # one process per run: the runs are independent and single-threaded
             context = multiprocessing.get_context("spawn")
             with concurrent.futures.ProcessPoolExecutor(cli.jobs, mp_context=context) as pool:
