@@ -28,7 +28,6 @@ from peft import (
     set_peft_model_state_dict,
 )
 from safetensors.torch import load_file, save_file
-from torch import nn
 from transformers import AutoProcessor, PreTrainedModel, TrainerCallback, TrainerState, set_seed
 from transformers.trainer_utils import (
     PREFIX_CHECKPOINT_DIR,
@@ -45,11 +44,7 @@ from .advantages import compute_gae, kl_penalty, normalize_advantages, spread_ba
 from .agent import (
     AGENT_CONFIG,
     EvalResult,
-    build_model_inputs,
-    eos_token_ids,
     evaluate_episodes,
-    fill_image_placeholders,
-    generate_completions,
     load_agent_policy,
     load_value_head,
     random_legal_action,
@@ -79,6 +74,7 @@ from .models.value_head import (
     policy_forward,
     text_hidden_size,
 )
+from .policy import PolicyAndValue, build_model_inputs, eos_token_ids, fill_image_placeholders, generate_completions
 from .rollout import (
     EnvFaultError,
     EnvSpec,
@@ -130,31 +126,6 @@ def nonfinite_samples(batch: RolloutBatch) -> torch.Tensor:
     bad |= batch.truncated & ~batch.terminated & ~torch.isfinite(batch.final_values)
     bad[-1] |= ~torch.isfinite(batch.next_value)
     return bad
-
-
-class PolicyAndValue(nn.Module):
-    """The VLM (possibly a PEFT model) and its value head as one module, so optimizer, DDP and checkpoints see both."""
-
-    def __init__(self, policy: PreTrainedModel | PeftModel, value_head: ValueHead, suppressed_ids=()):
-        super().__init__()
-        self.policy = policy
-        self.value_head = value_head
-        self.suppressed_ids = torch.tensor(list(suppressed_ids), dtype=torch.long)  # not a buffer: not checkpointed
-        self.config = policy.config
-        # FSDP's transformer auto-wrap policy reads the layer classes to shard from here (accelerate fsdp_utils), and
-        # raises on a class the model does not contain (LLaVA lists CLIPTextEmbeddings), so keep the present ones.
-        base = policy.get_base_model() if isinstance(policy, PeftModel) else policy
-        present = {type(m).__name__ for m in base.modules()}
-        self._no_split_modules = sorted(n for n in getattr(base, "_no_split_modules", None) or () if n in present)
-
-    def forward(self, prompt_inputs, completion_ids, completion_mask, temperature, compute_entropy=False):
-        device = prompt_inputs["input_ids"].device
-        if self.suppressed_ids.device != device:  # moved once, not copied to the device on every forward
-            self.suppressed_ids = self.suppressed_ids.to(device)
-        return policy_forward(
-            self.policy, self.value_head, prompt_inputs, completion_ids, completion_mask, temperature, compute_entropy,
-            suppressed_ids=self.suppressed_ids,
-        )
 
 
 @dataclass
