@@ -48,6 +48,7 @@ from . import envs as _envs  # noqa: F401  (registers the environments)
 from .envs.formula import BLANK, DEFAULT_RULES, join_formula
 from .envs.probe import COLORS
 from .envs.solvers import blackjack_basic_strategy, number_line_oracle, solve_points
+from .saved_agent import SFT_CONFIG
 from .tasks import Task, get_task, to_pil_image
 
 logger = logging.getLogger(__name__)
@@ -395,10 +396,6 @@ def default_sft_config(output_dir: str, **overrides):
 
 
 _DEFAULT_LORA = "default"
-# What `run_sft` records next to the model. Not ``vlm_env_ppo.json``: that file marks a saved PPO agent, which
-# `VLMPPOTrainer` resumes with its recorded base model as the KL reference; an SFT folder must load as a plain model
-# path, so that PPO's reference (and ``base_model``) is the SFT model itself.
-SFT_CONFIG = "vlm_env_ppo_sft.json"
 
 
 def run_sft(
@@ -672,7 +669,7 @@ def sft_main(argv: list[str]) -> dict:
     from datasets import load_dataset, load_from_disk
     from trl import get_peft_config
 
-    from .cli import model_init_kwargs
+    from .models.loading import model_init_kwargs
     from .models.tiny import build_tiny_vlm
 
     argv = list(argv)

@@ -25,9 +25,8 @@ from peft import (
     PeftModel,
     get_peft_model,
     prepare_model_for_kbit_training,
-    set_peft_model_state_dict,
 )
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import AutoProcessor, PreTrainedModel, TrainerCallback, TrainerState, set_seed
 from transformers.trainer_utils import (
     PREFIX_CHECKPOINT_DIR,
@@ -41,22 +40,13 @@ from . import __version__
 from ._trl import BaseTrainer
 from .actions import ParsedAction
 from .advantages import compute_gae, kl_penalty, normalize_advantages, spread_back_in_episodes
-from .agent import (
-    AGENT_CONFIG,
-    EvalResult,
-    evaluate_episodes,
-    load_agent_policy,
-    load_value_head,
-    random_legal_action,
-    read_agent_config,
-)
 from .buffer import RolloutBatch, split_inputs
 from .config import VLMPPOConfig
+from .evaluation import EvalResult, evaluate_episodes, random_legal_action
 from .envs.adapter import HistoryWrapper, is_image_space
 from .logprobs import action_token_index, token_weights, weighted_logprob
 from .losses import explained_variance, policy_loss, value_loss
 from .models.loading import (
-    auto_model_from_pretrained,
     disable_bnb_cpu_repacking,
     disable_dropout,
     freeze_vision_tower,
@@ -83,6 +73,7 @@ from .rollout import (
     make_vector_env,
     unbatch_infos,
 )
+from .saved_agent import AGENT_CONFIG, load_agent_policy, load_policy_weights, load_value_head, read_agent_config
 from .tasks import Task, get_task
 
 logger = logging.getLogger(__name__)
@@ -1195,23 +1186,6 @@ class VLMPPOTrainer(BaseTrainer):
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **kwargs):
         """Used by `push_to_hub`: the agent's model card (env, base model, method, last evaluation)."""
         write_model_card(self, self.args.output_dir)
-
-
-def load_policy_weights(policy, path: str) -> None:
-    """Load a saved agent's policy weights (LoRA adapter or full, single-file or sharded) into ``policy``."""
-    adapter = os.path.join(path, "adapter_model.safetensors")
-    if isinstance(policy, PeftModel):
-        if not os.path.isfile(adapter):
-            raise FileNotFoundError(f"{path} has no adapter_model.safetensors to resume the LoRA policy from.")
-        result = set_peft_model_state_dict(policy, load_file(adapter))
-        if getattr(result, "unexpected_keys", None):
-            raise ValueError(f"Adapter in {path} does not match the policy: {result.unexpected_keys[:5]}")
-        return
-    # Full weights are saved in the checkpoint key layout of the model's family (transformers maps keys on save), so
-    # load them the way a user would, on the CPU, and copy the tensors over.
-    saved = auto_model_from_pretrained(path, dtype=policy.dtype, device_map="cpu", use_safetensors=True)
-    policy.load_state_dict(saved.state_dict(), strict=True)
-    del saved
 
 
 def write_model_card(trainer: VLMPPOTrainer, output_dir: str) -> None:
