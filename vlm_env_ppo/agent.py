@@ -35,6 +35,7 @@ from .models.loading import (
 from .models.value_head import VALUE_HEAD_WEIGHTS, ValueHead, policy_forward
 from .policy import (  # noqa: F401
     NEUTRAL_GENERATION_SETTINGS,
+    _has_image,
     build_model_inputs,
     eos_token_ids,
     fill_image_placeholders,

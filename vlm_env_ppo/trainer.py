@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import time
 
@@ -74,6 +75,9 @@ from .saved_agent import (  # noqa: F401  (load_policy_weights: re-exported)
     read_agent_config,
 )
 from .tasks import Task, get_task
+
+# The trainer's logger; the mixins (acting, faults, checkpointing) log through it too, by its name.
+logger = logging.getLogger(__name__)
 
 
 class VLMPPOTrainer(ActingMixin, FaultHandlingMixin, CheckpointingMixin, BaseTrainer):
