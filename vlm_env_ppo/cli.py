@@ -63,23 +63,6 @@ def parse_train_args(argv: list[str] | None = None, default_config=None, default
     return parser.parse_args_and_config(argv)
 
 
-def model_init_kwargs(model_args, base: dict | None = None) -> dict:
-    """`from_pretrained` keyword arguments from `trl.ModelConfig` flags (revision, dtype, attention, 4/8-bit),
-    on top of ``base``; shared by `train` and `sft`."""
-    from trl import get_quantization_config
-
-    kwargs = dict(base or {})
-    kwargs.setdefault("revision", model_args.model_revision)
-    if model_args.dtype not in (None, "auto"):
-        kwargs.setdefault("dtype", model_args.dtype)
-    if model_args.attn_implementation is not None:
-        kwargs.setdefault("attn_implementation", model_args.attn_implementation)
-    quantization_config = get_quantization_config(model_args)
-    if quantization_config is not None:
-        kwargs["quantization_config"] = quantization_config
-    return kwargs
-
-
 def build_trainer(script_args: TrainScriptArguments, args, model_args, trainer_cls=None, **trainer_kwargs):
     """Model, quantization and LoRA from `trl.ModelConfig`, then a `VLMPPOTrainer` (or ``trainer_cls``).
 
@@ -88,6 +71,7 @@ def build_trainer(script_args: TrainScriptArguments, args, model_args, trainer_c
     """
     from trl import get_peft_config
 
+    from .models.loading import model_init_kwargs
     from .models.tiny import build_tiny_vlm
     from .trainer import VLMPPOTrainer
 
@@ -271,6 +255,16 @@ def _usage_error(prog: str, error: Exception) -> None:
     message says what to change). Tracebacks stay for real crashes."""
     print(f"{prog}: error: {error}", file=sys.stderr)
     sys.exit(2)
+
+
+def __getattr__(name: str):
+    # `model_init_kwargs` moved to `vlm_env_ppo.models.loading` (`sft` needs it too, and must not import the CLI);
+    # imported on first use so that `vlm-env-ppo --help` stays quick.
+    if name == "model_init_kwargs":
+        from .models.loading import model_init_kwargs
+
+        return model_init_kwargs
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":

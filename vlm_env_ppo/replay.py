@@ -15,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .agent import random_legal_action
+from .evaluation import random_legal_action
 from .tasks import to_pil_image
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .agent import fill_image_placeholders
 from .buffer import pad_completions
 from .models.loading import get_tokenizer
+from .policy import fill_image_placeholders
 from .rollout import unbatch_infos
 
 

@@ -266,3 +266,20 @@ def _as_ids(value) -> list[int]:
     if isinstance(value, torch.Tensor) and not value.is_floating_point():
         return [int(v) for v in value.flatten().tolist()]
     return []
+
+
+def model_init_kwargs(model_args, base: dict | None = None) -> dict:
+    """`from_pretrained` keyword arguments from `trl.ModelConfig` flags (revision, dtype, attention, 4/8-bit),
+    on top of ``base``; shared by `train` and `sft`."""
+    from trl import get_quantization_config
+
+    kwargs = dict(base or {})
+    kwargs.setdefault("revision", model_args.model_revision)
+    if model_args.dtype not in (None, "auto"):
+        kwargs.setdefault("dtype", model_args.dtype)
+    if model_args.attn_implementation is not None:
+        kwargs.setdefault("attn_implementation", model_args.attn_implementation)
+    quantization_config = get_quantization_config(model_args)
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    return kwargs

@@ -1,0 +1,338 @@
+"""The trainer's policy acting in its envs: one batched env step (generate for all envs at once, parse, score the
+λ-weighted log-probs, values and KL that PPO needs: `StepOutput`) and a whole rollout (`collect_rollout` ->
+`RolloutBatch`). Generation and scoring themselves are `vlm_env_ppo.policy`'s; this adds what training needs around
+them: devices, sharded weights (ZeRO-3 / FSDP2), the reference policy, invalid-action fallbacks, truncation bootstrap
+values. `VLMPPOTrainer` mixes `ActingMixin` in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from accelerate.utils import gather_object
+from gymnasium import spaces
+
+from .actions import ParsedAction
+from .advantages import kl_penalty
+from .buffer import RolloutBatch, split_inputs
+from .evaluation import random_legal_action
+from .logprobs import action_token_index, token_weights, weighted_logprob
+from .losses import explained_variance
+from .models.loading import get_tokenizer, image_token_ids
+from .models.value_head import policy_forward
+from .policy import fill_image_placeholders, generate_completions
+from .rollout import unbatch_infos
+
+# The trainer's messages keep the logger name they always had.
+logger = logging.getLogger("vlm_env_ppo.trainer")
+
+
+@dataclass
+class StepOutput:
+    """What the policy did for one batched env step (all envs)."""
+
+    prompts: list[dict]  # per-sample model inputs (CPU, unpadded)
+    completions: list[torch.Tensor]  # per-sample completion ids up to and including EOS
+    texts: list[str]
+    parsed: list[ParsedAction]
+    action_token_starts: list[int]
+    logprobs: torch.Tensor | None = None  # (num_envs,) λ-weighted
+    values: torch.Tensor | None = None  # (num_envs,)
+    kl: torch.Tensor | None = None  # (num_envs,) summed per-token KL to the reference (0 without one)
+
+
+class ActingMixin:
+    """`VLMPPOTrainer`'s acting: `act` / `_act` (one batched step), `value_of` (the critic alone), `collect_rollout`
+    (which uses the hooks `build_messages`, `parse_action` and `build_model_inputs`) and `_rollout_metrics` (a
+    rollout's statistics over all processes, logged by `train`)."""
+
+    def _to_device(self, inputs: dict) -> dict:
+        device = self.accelerator.device
+        dtype = self.model.policy.dtype
+        return {
+            k: v.to(device, dtype=dtype) if torch.is_floating_point(v) else v.to(device) for k, v in inputs.items()
+        }
+
+    def _safe_parse(self, text: str, info: dict) -> ParsedAction:
+        try:
+            parsed = self.parse_action(text, info)
+        except Exception:  # a bug in a user hook must not lose the run: counted, logged, treated as invalid
+            self.parse_errors += 1
+            if self.parse_errors == 1:
+                logger.exception("parse_action raised; such outputs are treated as invalid and counted in "
+                                 "`generation/parse_errors` (only this first traceback is shown).")
+            return ParsedAction(None, False, None, "parse_error")
+        if parsed.valid and not (parsed.action is not None and 0 <= parsed.action < self._num_actions(info)):
+            self.parse_errors += 1
+            logger.warning("parse_action returned out-of-range action %r; treated as invalid.", parsed.action)
+            return ParsedAction(None, False, parsed.action_start, "out_of_range")
+        return parsed
+
+    @torch.no_grad()
+    def act(self, observations, infos: list[dict], greedy: bool = False, score: bool = True) -> StepOutput:
+        """Generate for all envs at once (one `generate` call), parse, and (``score``) compute the λ-weighted
+        log-probs, values and KL that PPO needs."""
+        with self._gathered_weights():
+            return self._act(observations, infos, greedy, score)
+
+    @contextlib.contextmanager
+    def _gathered_weights(self):
+        """Full weights for one env step under ZeRO-3 / FSDP2, which shard them across processes.
+
+        `generate` calls the policy token by token, outside the wrapper that would gather its shards. ZeRO-3: gather
+        every weight once per env step instead of once per token and layer (TRL's `unwrap_model_for_generation` does
+        the same, but expects a `PreTrainedModel`, not our policy + value-head wrapper). FSDP2: unshard the root's own
+        parameters (embeddings, head, value head); the sharded decoder layers gather themselves in their forward hooks.
+        Every process calls this once per env step, so the all-gathers pair up.
+        """
+        wrapped = self.model_wrapped
+        if getattr(self, "is_fsdp_enabled", False):
+            from torch.distributed.fsdp import FSDPModule
+
+            if self.accelerator.state.fsdp_plugin.fsdp_version == 1:
+                raise ValueError(
+                    "FSDP1 cannot generate from the sharded policy; use FSDP2 (`fsdp_version: 2` in the accelerate "
+                    "config, e.g. examples/accelerate_configs/fsdp2.yaml), DeepSpeed ZeRO-2/3, or DDP."
+                )
+            if isinstance(wrapped, FSDPModule):
+                # FSDP2 decides which module is the root on the first forward through it; `generate` would reach the
+                # vision tower's shards first and make one of them the root (then the next real forward raises).
+                wrapped._get_fsdp_state()._lazy_init()
+                wrapped.unshard()
+                try:
+                    yield
+                finally:
+                    wrapped.reshard()
+                return
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if plugin is None or plugin.zero_stage != 3 or wrapped is self.model:
+            yield
+            return
+        import deepspeed
+        from trl.models.utils import add_hooks, remove_hooks
+
+        with deepspeed.zero.GatheredParameters(list(wrapped.parameters())):
+            remove_hooks(wrapped)
+            try:
+                yield
+            finally:
+                add_hooks(wrapped)
+
+    def _prompt_inputs(self, observations, infos: list[dict]) -> dict[str, torch.Tensor]:
+        """Processor outputs for acting on ``observations``. The critic valued the observations after the last
+        rollout step (`collect_rollout`), and the next rollout starts by acting on those very objects: reuse their
+        processor outputs (images are the expensive part) instead of processing them twice."""
+        valued, self._valued_inputs = getattr(self, "_valued_inputs", None), None
+        if valued is not None and valued[0] is observations and valued[1] is infos:
+            return valued[2], valued[3]
+        return self._inputs_and_image_counts(observations, infos)
+
+    def _inputs_and_image_counts(self, observations, infos: list[dict]) -> tuple[dict, list[int]]:
+        """Processor outputs for ``observations`` and how many images each prompt holds (for `split_inputs`)."""
+        messages = [fill_image_placeholders(self.build_messages(o, i), o, i) for o, i in zip(observations, infos)]
+        counts = [
+            sum(
+                1
+                for m in conversation
+                if not isinstance(m.get("content"), str)
+                for part in m.get("content") or ()
+                if isinstance(part, dict) and part.get("type") == "image"
+            )
+            for conversation in messages
+        ]
+        return self.build_model_inputs(messages), counts
+
+    def _act(self, observations, infos: list[dict], greedy: bool, score: bool) -> StepOutput:
+        n = len(infos)
+        inputs, image_counts = self._prompt_inputs(observations, infos)
+        device_inputs = self._to_device(inputs)
+        policy = self.accelerator.unwrap_model(self.model).policy
+        policy.eval()
+        completion_ids, completion_mask, texts = generate_completions(
+            policy,
+            self.processing_class,
+            device_inputs,
+            greedy=greedy,
+            temperature=self.args.temperature,
+            top_p=self.args.top_p,
+            max_new_tokens=self.args.max_new_tokens,
+            suppress_token_ids=self.suppress_token_ids,
+            pad_token_id=self.pad_token_id,
+        )
+        parsed = [self._safe_parse(texts[i], infos[i]) for i in range(n)]
+        out = StepOutput(prompts=[], completions=[], texts=texts, parsed=parsed, action_token_starts=[])
+        if not score:
+            return out
+        tokenizer = get_tokenizer(self.processing_class)
+        out.completions = [completion_ids[i, : int(completion_mask[i].sum())].cpu() for i in range(n)]
+        out.action_token_starts = [
+            action_token_index(tokenizer, out.completions[i].tolist(), parsed[i].action_start) for i in range(n)
+        ]
+        per_token_logprobs, _, values = self.model(device_inputs, completion_ids, completion_mask, self.args.temperature)
+        weights = token_weights(completion_mask, out.action_token_starts, self.args.cot_logprob_coef)
+        out.logprobs = weighted_logprob(per_token_logprobs, weights).float().cpu()
+        out.values = values.float().cpu()
+        if self.args.kl_coef > 0:
+            ref_logprobs = self._ref_logprobs(device_inputs, completion_ids, completion_mask)
+            kl = kl_penalty(per_token_logprobs, ref_logprobs, self.args.kl_estimator) * completion_mask
+            out.kl = kl.sum(-1).float().cpu()
+        else:
+            out.kl = torch.zeros(n)
+        out.prompts = split_inputs(inputs, n, image_counts, image_token_ids(policy.config, self.processing_class))
+        return out
+
+    def _ref_logprobs(self, inputs, completion_ids, completion_mask) -> torch.Tensor:
+        # The reference is scored like the policy: renormalised over the tokens generation can sample.
+        suppressed = self.accelerator.unwrap_model(self.model).suppressed_ids
+        if self.is_peft:
+            policy = self.accelerator.unwrap_model(self.model).policy
+            with policy.disable_adapter():
+                ref_logprobs, _, _ = policy_forward(
+                    policy, None, inputs, completion_ids, completion_mask, self.args.temperature,
+                    suppressed_ids=suppressed,
+                )
+            return ref_logprobs
+        ref_logprobs, _, _ = policy_forward(
+            self.ref_model, None, inputs, completion_ids, completion_mask, self.args.temperature,
+            suppressed_ids=suppressed,
+        )
+        return ref_logprobs
+
+    @torch.no_grad()
+    def value_of(self, observations, infos: list[dict]) -> torch.Tensor:
+        """Critic values of observations (no generation): for bootstrapping truncated episodes and the last step."""
+        cpu_inputs, image_counts = self._inputs_and_image_counts(observations, infos)
+        self._valued_inputs = (observations, infos, cpu_inputs, image_counts)  # see `_prompt_inputs`
+        inputs = self._to_device(cpu_inputs)
+        empty = inputs["input_ids"][:, :0]
+        _, _, values = self.model(inputs, empty, empty, self.args.temperature)
+        return values.float().cpu()
+
+    def _num_actions(self, info: dict) -> int:
+        """How many parsed-action indices are valid for this step (`Task`: indices into ``action_names`` or, for text
+        actions without them, into the step's legal commands)."""
+        if isinstance(self.action_space, spaces.Discrete):
+            return int(self.action_space.n)
+        return len(self.task.action_names or self.task.legal_actions(info))
+
+    def to_env_actions(self, indices, infos: list[dict]):
+        """Parsed-action indices → what ``envs.step`` takes: an int array (``Discrete``, offset by its ``start``) or a
+        tuple of command strings (``Text``)."""
+        if isinstance(self.action_space, spaces.Text):
+            return tuple(self.task.to_env_action(int(k), info, self.action_space) for k, info in zip(indices, infos))
+        return np.asarray(indices, dtype=np.int64) + int(self.action_space.start)
+
+    def _env_actions(self, parsed: list[ParsedAction], infos: list[dict]) -> tuple[np.ndarray | tuple, np.ndarray]:
+        valid = np.array([p.valid for p in parsed], dtype=bool)
+        indices = []
+        for p, info in zip(parsed, infos):
+            if p.valid:
+                indices.append(p.action)
+            elif self.args.invalid_action == "random":
+                indices.append(random_legal_action(self.task, info, self.action_space, self._np_rng))
+            else:
+                indices.append(self.args.invalid_action_index)
+        return self.to_env_actions(indices, infos), valid
+
+    def collect_rollout(self) -> RolloutBatch:
+        """``num_steps`` batched env steps of all envs: generate → parse → env.step, recorded in a `RolloutBatch`."""
+        args = self.args
+        batch = RolloutBatch(args.num_steps, args.num_envs)
+        self._output_faults = {}
+        to_bootstrap: list[tuple] = []  # (step, env, final observation, final info) of truncated episodes
+        for t in range(args.num_steps):
+            out = self.act(self._obs, self._infos)
+            self._count_output_faults(out)
+            actions, valid = self._env_actions(out.parsed, self._infos)
+            env_fault = None
+            try:
+                obs, rewards, terminated, truncated, infos = self.envs.step(actions)
+            except Exception as exc:  # noqa: BLE001 - stops the run, with a checkpoint (see `train`)
+                env_fault = exc
+            self._raise_on_env_fault(env_fault)
+            self.env_steps += args.num_envs * self.accelerator.num_processes
+            infos_list = unbatch_infos(infos, args.num_envs)
+            final_infos = [info.get("final_info", {}) for info in infos_list]
+            self.episode_stats.step(rewards, terminated, truncated, final_infos)
+            # A step whose env raised (FaultTolerantEnv: truncated + `env_error`) is not bootstrapped: its "final
+            # observation" is the recreated env's first one, not the broken state, so its final value stays 0.
+            broken = np.array(["env_error" in info for info in final_infos], dtype=bool)
+
+            batch.prompts += out.prompts
+            batch.completions += out.completions
+            batch.action_token_starts += out.action_token_starts
+            batch.texts += out.texts
+            batch.logprobs[t], batch.values[t], batch.kl[t] = out.logprobs, out.values, out.kl
+            batch.env_rewards[t] = torch.as_tensor(rewards, dtype=torch.float32)
+            batch.valid[t] = torch.as_tensor(valid)
+            batch.terminated[t] = torch.as_tensor(terminated)
+            batch.truncated[t] = torch.as_tensor(truncated)
+            batch.completion_lengths[t] = torch.tensor([len(c) for c in out.completions])
+            for i in np.flatnonzero(truncated & ~terminated & ~broken):
+                to_bootstrap.append((t, int(i), infos_list[i]["final_obs"], final_infos[i]))
+            self._obs, self._infos = obs, infos_list
+        # Values of the truncated episodes' final observations, batched here rather than per step: every process
+        # then runs the same number of critic forwards however its episodes ended (under ZeRO-3/FSDP a forward is a
+        # collective, and a process waiting in one would hang). Then the observations after the last step; the next
+        # rollout's first `act` reuses their processor outputs.
+        values = self._batched_values([b[2] for b in to_bootstrap], [b[3] for b in to_bootstrap])
+        for k, (t, i, _, _) in enumerate(to_bootstrap):
+            batch.final_values[t, i] = values[k]
+        batch.next_value = self.value_of(self._obs, self._infos)
+        penalty = torch.where(batch.valid, 0.0, args.invalid_action_penalty)
+        batch.rewards = batch.env_rewards + penalty - args.kl_coef * batch.kl
+        self._free_device_memory()
+        return batch
+
+    def _batched_values(self, observations: list, infos: list[dict]) -> torch.Tensor:
+        """`value_of` in chunks of ``num_envs``, with the same number of chunks on every process: a process with fewer
+        observations runs its extra chunks on its first observation and drops the result."""
+        size = self.args.num_envs
+        chunks = -(-len(observations) // size)
+        if self.accelerator.num_processes > 1:
+            chunks = int(self.accelerator.gather(torch.tensor([chunks], device=self.accelerator.device)).max())
+        values = [torch.zeros(0)]
+        for c in range(chunks):
+            part = slice(c * size, (c + 1) * size)
+            if observations[part]:
+                values.append(self.value_of(observations[part], infos[part]))
+            else:  # keeps step with the other processes' forwards; the value is dropped
+                self.value_of([self._obs[0]], [self._infos[0]])
+        return torch.cat(values)
+
+    def _rollout_metrics(self, batch: RolloutBatch) -> dict[str, float]:
+        finished = gather_object(self.episode_stats.pop())
+        valid = self.accelerator.gather(batch.valid.float().to(self.accelerator.device)).mean()
+        values = self.accelerator.gather(batch.values.to(self.accelerator.device)).cpu()
+        returns = self.accelerator.gather(batch.returns.to(self.accelerator.device)).cpu()
+        kl = self.accelerator.gather(batch.kl.to(self.accelerator.device)).mean()
+        lengths = self.accelerator.gather(batch.completion_lengths.float().to(self.accelerator.device)).mean()
+        nan = float("nan")
+        ok = torch.isfinite(values) & torch.isfinite(returns)  # samples with non-finite rollout stats were skipped
+        values, returns = values[ok], returns[ok]
+        counts = torch.tensor([self.env_errors, self._nonfinite_samples], device=self.accelerator.device)
+        env_errors, nonfinite = (int(c) for c in self.accelerator.gather(counts).view(-1, 2).sum(0))
+        faults: dict[str, int] = {}
+        for process_faults in gather_object([self._output_faults]):
+            for key, count in process_faults.items():
+                faults[key] = faults.get(key, 0) + count
+        return faults | getattr(self, "_advantage_stats", {}) | {
+            "env/errors": env_errors,
+            "train/nonfinite_rollout_samples": nonfinite,
+            "env/episode_return": float(np.mean([f[0] for f in finished])) if finished else nan,
+            "env/episode_length": float(np.mean([f[1] for f in finished])) if finished else nan,
+            "env/success_rate": float(np.mean([f[2] for f in finished])) if finished else nan,
+            "env/episodes": len(finished),
+            "env/invalid_action_rate": float(1 - valid),
+            "env/step_reward": float(batch.env_rewards.mean()),
+            "objective/kl": float(kl),
+            "values/mean": float(values.mean()) if len(values) else nan,
+            "values/explained_variance": explained_variance(values, returns) if len(values) > 1 else nan,
+            "generation/completion_length": float(lengths),
+            "generation/parse_errors": self.parse_errors,
+        }
+
