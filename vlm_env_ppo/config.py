@@ -90,12 +90,12 @@ class VLMPPOConfig(TrainingArguments):
         whiten_advantages (`bool`, *optional*, defaults to `True`):
             Normalize advantages over the whole batch (over all processes when distributed): centre them and divide
             by `max(std, advantage_std_floor)`.
-        advantage_std_floor (`float`, *optional*, defaults to `1.0`):
-            Smallest divisor of the advantage normalization, in reward units: advantages are scaled down to unit
-            variance but never up, so once every sample earns the same return the critic's small errors are not
-            blown up into full-size policy updates (that made converged runs collapse). `0.0` is classic whitening
-            (divide by the std). Set it to the size of a meaningful return difference if your rewards are much
-            smaller than 1.
+        advantage_std_floor (`float`, *optional*, defaults to `0.1`):
+            Smallest divisor of the advantage normalization, in reward units: advantages are scaled to unit variance
+            while their std is above it, and by at most `1 / advantage_std_floor` below it, so once every sample earns
+            the same return the critic's small errors are not blown up into full-size policy updates (that made
+            converged runs collapse). `0.0` is classic whitening (divide by the std). Scale it with your rewards: it
+            is the smallest spread of returns worth a full-size update.
         cot_logprob_coef (`float`, *optional*, defaults to `0.5`):
             λ in `log pi(a|o) = λ * sum log p(CoT tokens) + sum log p(action tokens)` (paper: 0.5, in [0, 1]).
 
@@ -211,10 +211,10 @@ class VLMPPOConfig(TrainingArguments):
     lam: float = field(default=0.95, metadata={"help": "GAE lambda (paper: 0.95)."})
     whiten_advantages: bool = field(default=True, metadata={"help": "Whiten advantages over the global batch."})
     advantage_std_floor: float = field(
-        default=1.0,
+        default=0.1,
         metadata={
-            "help": "Smallest divisor of the advantage normalization, in reward units: scale advantages down to unit "
-            "variance, never up (0.0: classic whitening)."
+            "help": "Smallest divisor of the advantage normalization, in reward units: advantages are scaled up by at "
+            "most 1/advantage_std_floor (0.0: classic whitening)."
         },
     )
     cot_logprob_coef: float = field(
