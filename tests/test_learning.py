@@ -13,9 +13,10 @@ def learner_and_control(tiny_vlm_path, tmp_path, env_id) -> tuple[ProbeRun, Prob
     """Both runs from the same tiny checkpoint and seed; checks what every probe shares: the warm start leaves the
     learner near chance with parsable answers, and the learner reaches the probe's target."""
     settings = PROBE_SETTINGS[env_id]
-    model = tiny_vlm_path("llava_next")
-    learner = run_probe(model, env_id, str(tmp_path / "learner"))
-    control = run_probe(model, env_id, str(tmp_path / "control"), control=True)
+    seed = settings.get("test_seed", 0)  # the model's, the warm start's and the run's
+    model = tiny_vlm_path("llava_next", seed=seed)
+    learner = run_probe(model, env_id, str(tmp_path / "learner"), seed=seed)
+    control = run_probe(model, env_id, str(tmp_path / "control"), control=True, seed=seed)
     success = lambda run, when: getattr(run, when)["eval/success_rate"]  # noqa: E731
     print(
         f"\n{env_id}: learner {success(learner, 'before'):.3f} -> {success(learner, 'after'):.3f} "
