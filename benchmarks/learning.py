@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import io
 import json
-import logging
 import multiprocessing
 import os
 import platform
@@ -161,24 +159,11 @@ def plot(results: dict, path: str, panel: tuple[int, int] = (360, 200)) -> None:
     image.save(path)
 
 
-@contextlib.contextmanager
-def quiet(log: io.StringIO):
-    """Trainer logs go to ``log``, not between the progress lines."""
-    from transformers import logging as hf_logging
-
-    previous = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    logging.getLogger("vlm_env_ppo").setLevel(logging.ERROR)
-    with contextlib.redirect_stdout(log):
-        try:
-            yield
-        finally:
-            hf_logging.set_verbosity(previous)
-
-
 def quiet_run(args: tuple) -> dict:
     """`run_one` with trainer logs kept off the terminal, and one line printed when it is done."""
     import torch
+
+    from run_all import quiet  # this folder is on sys.path when the script runs (and in its spawned workers)
 
     probe, seed, overrides, eval_episodes, quick, workdir, threads, updates = args
     torch.set_num_threads(threads)
