@@ -221,7 +221,7 @@ def join_formula(tokens: Sequence, rules: str = DEFAULT_RULES) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- "rl4vlm"
-# RL4VLM evaluated ``eval("".join(formula))`` and compared the result with ``==`` to the target. Joining without
+# RL4VLM ran Python's built-in evaluator on ``"".join(formula)`` and compared the result with ``==`` to the target. Joining without
 # separators gives Python's lexing: adjacent digits form one number ("2", "4" -> 24), "*" "*" is a power and "/" "/"
 # floor division; "/" is float division. The parser below follows Python's grammar for these tokens:
 #
@@ -353,16 +353,9 @@ def _power_over_bound(base, exponent) -> bool:
     return exponent > MAX_POWER_BITS or exponent * math.log2(abs(base)) > MAX_POWER_BITS
 
 
-class _PythonParser:
-    """Recursive descent over Python's tokens; ``depth`` counts parentheses, unary signs and exponents."""
-
-    def __init__(self, tokens: Sequence[str], max_depth: int):
-        self.tokens = tokens
-        self.pos = 0
-        self.max_depth = max_depth
-
-    def _peek(self) -> str | None:
-        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+class _PythonParser(_Parser):
+    """Recursive descent over Python's tokens; ``depth`` counts parentheses, unary signs and exponents. Shares the
+    token cursor of `_Parser` and replaces its grammar."""
 
     def expr(self, depth: int):
         value = self.term(depth)
