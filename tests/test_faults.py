@@ -466,6 +466,7 @@ CONFIG_ERRORS = [
     ("lam", {"lam": -0.1}, r"`lam` must be in \[0, 1\]"),
     ("cot_logprob_coef", {"cot_logprob_coef": 2.0}, r"`cot_logprob_coef` must be in \[0, 1\]"),
     ("top_p", {"top_p": 0.0}, r"`top_p` must be in \(0, 1\]"),
+    ("constrained_decoding", {"constrained_decoding": True, "top_p": 0.9}, "needs `top_p=1`"),
     ("invalid_action", {"invalid_action": "skip"}, "`invalid_action` must be one of"),
     ("kl_estimator", {"kl_estimator": "k2"}, "`kl_estimator` must be one of"),
     ("ref_model_quantization", {"ref_model_quantization": "2bit"}, "`ref_model_quantization` must be one of"),

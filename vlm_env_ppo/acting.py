@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from gymnasium import spaces
 from .actions import ParsedAction
 from .advantages import kl_penalty
 from .buffer import RolloutBatch, split_inputs
+from .constrained import GrammarConstraint, output_vocab_size
 from .evaluation import random_legal_action
 from .logprobs import action_token_index, token_weights, weighted_logprob
 from .losses import explained_variance
@@ -43,6 +44,7 @@ class StepOutput:
     logprobs: torch.Tensor | None = None  # (num_envs,) λ-weighted
     values: torch.Tensor | None = None  # (num_envs,)
     kl: torch.Tensor | None = None  # (num_envs,) summed per-token KL to the reference (0 without one)
+    grammars: list[str | None] = field(default_factory=list)  # per sample (constrained decoding), else empty
 
 
 class ActingMixin:
@@ -152,6 +154,7 @@ class ActingMixin:
         device_inputs = self._to_device(inputs)
         policy = self.accelerator.unwrap_model(self.model).policy
         policy.eval()
+        grammars = self._step_grammars(infos) if self.constraint is not None else []
         completion_ids, completion_mask, texts = generate_completions(
             policy,
             self.processing_class,
@@ -162,9 +165,10 @@ class ActingMixin:
             max_new_tokens=self.args.max_new_tokens,
             suppress_token_ids=self.suppress_token_ids,
             pad_token_id=self.pad_token_id,
+            logits_processor=self.constraint.logits_processor(grammars) if grammars else None,
         )
         parsed = [self._safe_parse(texts[i], infos[i]) for i in range(n)]
-        out = StepOutput(prompts=[], completions=[], texts=texts, parsed=parsed, action_token_starts=[])
+        out = StepOutput(prompts=[], completions=[], texts=texts, parsed=parsed, action_token_starts=[], grammars=grammars)
         if not score:
             return out
         tokenizer = get_tokenizer(self.processing_class)
@@ -172,12 +176,16 @@ class ActingMixin:
         out.action_token_starts = [
             action_token_index(tokenizer, out.completions[i].tolist(), parsed[i].action_start) for i in range(n)
         ]
-        per_token_logprobs, _, values = self.model(device_inputs, completion_ids, completion_mask, self.args.temperature)
+        # Constrained: scored under the masks generation applied, replayed as the update will replay them.
+        allowed = self.constraint.replay(grammars, completion_ids, completion_mask) if grammars else None
+        per_token_logprobs, _, values = self.model(
+            device_inputs, completion_ids, completion_mask, self.args.temperature, allowed_tokens=allowed
+        )
         weights = token_weights(completion_mask, out.action_token_starts, self.args.cot_logprob_coef)
         out.logprobs = weighted_logprob(per_token_logprobs, weights).float().cpu()
         out.values = values.float().cpu()
         if self.args.kl_coef > 0:
-            ref_logprobs = self._ref_logprobs(device_inputs, completion_ids, completion_mask)
+            ref_logprobs = self._ref_logprobs(device_inputs, completion_ids, completion_mask, allowed)
             kl = kl_penalty(per_token_logprobs, ref_logprobs, self.args.kl_estimator) * completion_mask
             out.kl = kl.sum(-1).float().cpu()
         else:
@@ -185,22 +193,75 @@ class ActingMixin:
         out.prompts = split_inputs(inputs, n, image_counts, image_token_ids(policy.config, self.processing_class))
         return out
 
-    def _ref_logprobs(self, inputs, completion_ids, completion_mask) -> torch.Tensor:
-        # The reference is scored like the policy: renormalised over the tokens generation can sample.
+    def _ref_logprobs(self, inputs, completion_ids, completion_mask, allowed=None) -> torch.Tensor:
+        # The reference is scored like the policy: renormalised over the tokens generation can sample, under
+        # constrained decoding over the tokens the grammar allowed at each position. The KL is then between the two
+        # constrained distributions (0 on fresh weights); the reference's mass on answers that cannot be generated
+        # is no part of the policy's behaviour, so it is not penalised.
         suppressed = self.accelerator.unwrap_model(self.model).suppressed_ids
         if self.is_peft:
             policy = self.accelerator.unwrap_model(self.model).policy
             with policy.disable_adapter():
                 ref_logprobs, _, _ = policy_forward(
                     policy, None, inputs, completion_ids, completion_mask, self.args.temperature,
-                    suppressed_ids=suppressed,
+                    suppressed_ids=suppressed, allowed_tokens=allowed,
                 )
             return ref_logprobs
         ref_logprobs, _, _ = policy_forward(
             self.ref_model, None, inputs, completion_ids, completion_mask, self.args.temperature,
-            suppressed_ids=suppressed,
+            suppressed_ids=suppressed, allowed_tokens=allowed,
         )
         return ref_logprobs
+
+    def answer_grammar(self, info: dict) -> str | None:
+        """With ``constrained_decoding``: the grammar of this step's completion, or None to leave it unconstrained.
+
+        Default: the task's JSON answer with one of ``task.legal_actions(info)`` (`GrammarConstraint.answer_grammar`);
+        None when `parse_action` is overridden, whose format it may not match. Override it with your parser: return
+        any grammar llguidance takes (Lark text, ``llguidance.LLMatcher.grammar_from_regex(r"...")``,
+        ``grammar_from_json_schema({...})``) whose completions end with EOS within ``max_new_tokens``."""
+        if self.task is None or not self._default_parser:
+            return None
+        return self.constraint.answer_grammar(self.task.legal_actions(info), self.args.action_only)
+
+    def _grammar_constraint(self, args, tokenizer, policy) -> GrammarConstraint | None:
+        """The trainer's `GrammarConstraint` (``constrained_decoding``), checked against the task: a fixed action set
+        that does not fit ``max_new_tokens`` is a configuration error, raised now."""
+        if not args.constrained_decoding:
+            return None
+        constraint = GrammarConstraint(
+            tokenizer, output_vocab_size(policy), self.eos_token_ids, self.suppress_token_ids, args.max_new_tokens
+        )
+        if not self._default_parser and type(self).answer_grammar is ActingMixin.answer_grammar:
+            logger.warning("constrained_decoding: `parse_action` is overridden but `answer_grammar` is not, so "
+                           "completions are generated unconstrained. Override `answer_grammar` to constrain them.")
+        elif self.task is not None and self.task.admissible_actions is None:
+            longest = max(len(constraint.action_tokens(a)) for a in self.task.action_names)
+            needed = args.max_new_tokens - constraint.action_room(args.action_only) + longest
+            if needed > args.max_new_tokens:
+                raise ValueError(
+                    f"max_new_tokens={args.max_new_tokens} is too small for constrained decoding of "
+                    f"{self.task.env_id}'s answers: the longest needs {needed} tokens with empty thoughts."
+                )
+        return constraint
+
+    def _step_grammars(self, infos: list[dict]) -> list[str | None]:
+        """Each env's grammar for this step (`answer_grammar`), compiled (and cached) now: a hook that raises or
+        returns an invalid grammar leaves that env's step unconstrained, counted in `generation/grammar_errors`."""
+        grammars = []
+        for info in infos:
+            try:
+                grammar = self.answer_grammar(info)
+                if grammar is not None:
+                    self.constraint.matcher(grammar)
+            except Exception:  # noqa: BLE001 - a bug in a user hook or grammar must not lose the run
+                grammar = None
+                self.grammar_errors += 1
+                if self.grammar_errors == 1:
+                    logger.exception("answer_grammar raised or gave an invalid grammar; such steps are generated "
+                                     "unconstrained and counted in `generation/grammar_errors` (first traceback only).")
+            grammars.append(grammar)
+        return grammars
 
     @torch.no_grad()
     def value_of(self, observations, infos: list[dict]) -> torch.Tensor:
@@ -266,6 +327,7 @@ class ActingMixin:
             batch.completions += out.completions
             batch.action_token_starts += out.action_token_starts
             batch.texts += out.texts
+            batch.grammars += out.grammars
             batch.logprobs[t], batch.values[t], batch.kl[t] = out.logprobs, out.values, out.kl
             batch.env_rewards[t] = torch.as_tensor(rewards, dtype=torch.float32)
             batch.valid[t] = torch.as_tensor(valid)
@@ -334,5 +396,8 @@ class ActingMixin:
             "values/explained_variance": explained_variance(values, returns) if len(values) > 1 else nan,
             "generation/completion_length": float(lengths),
             "generation/parse_errors": self.parse_errors,
-        }
+        } | ({
+            "generation/grammar_errors": self.grammar_errors,
+            "generation/grammar_fallbacks": self.constraint.fallbacks,
+        } if self.constraint is not None else {})
 

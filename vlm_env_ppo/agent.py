@@ -16,6 +16,7 @@ import torch
 from transformers import AutoProcessor
 
 from .actions import ParsedAction
+from .constrained import GrammarConstraint, output_vocab_size
 from .envs.adapter import HistoryWrapper, adapted_factory
 
 # Re-exported: they lived here before the evaluation harness, the acting code and the saved-folder format got
@@ -77,18 +78,30 @@ class VLMAgent:
         self.suppress_token_ids = generation_suppress_token_ids(
             processing_class, policy.config, keep_ids=eos_token_ids(policy, tokenizer)
         )
+        # Constrained decoding as the agent was trained (``constrained_decoding`` in its config): every output a
+        # legal action, sampled or greedy. Set ``agent.constraint = None`` to see the unconstrained policy.
+        self.constraint = None
+        if config.get("constrained_decoding"):
+            self.constraint = GrammarConstraint(
+                tokenizer, output_vocab_size(policy), eos_token_ids(policy, tokenizer), self.suppress_token_ids,
+                config.get("max_new_tokens", 256),
+            )
 
     @classmethod
     def from_pretrained(
-        cls, path: str, task: Task | None = None, device: str | torch.device | None = None, **model_kwargs
+        cls, path: str, task: Task | None = None, device: str | torch.device | None = None,
+        constrained_decoding: bool | None = None, **model_kwargs,
     ) -> VLMAgent:
-        """Load a saved agent folder (local path or Hub repo id)."""
+        """Load a saved agent folder (local path or Hub repo id). ``constrained_decoding``: override the recorded
+        setting (None: act as the agent was trained)."""
         check_model_path(path)
         if not os.path.isdir(path):
             from huggingface_hub import snapshot_download
 
             path = snapshot_download(path)
         config = read_agent_config(path)
+        if constrained_decoding is not None:
+            config = {**config, "constrained_decoding": bool(constrained_decoding)}
         policy = load_agent_policy(path, config, is_trainable=False, **model_kwargs)
         processor = AutoProcessor.from_pretrained(path)
         value_head = load_value_head(path) if os.path.isfile(os.path.join(path, VALUE_HEAD_WEIGHTS)) else None
@@ -109,6 +122,13 @@ class VLMAgent:
             raise ValueError("This agent has no task: pass `task=` to `VLMAgent.from_pretrained`.")
         return self.task.build_messages(observation, info, action_only=self.config.get("action_only", False))
 
+    def answer_grammar(self, info: dict) -> str | None:
+        """The grammar of this step's completion under constrained decoding: the task's JSON answer with one of its
+        legal actions (`GrammarConstraint.answer_grammar`). Override it together with a custom parser."""
+        if self.task is None:
+            return None
+        return self.constraint.answer_grammar(self.task.legal_actions(info), self.config.get("action_only", False))
+
     def _inputs(self, observations, infos) -> dict[str, torch.Tensor]:
         inputs = build_model_inputs(self.processing_class, [self.build_messages(o, i) for o, i in zip(observations, infos)])
         dtype = self.policy.dtype
@@ -127,6 +147,9 @@ class VLMAgent:
             max_new_tokens=self.config.get("max_new_tokens", 256),
             suppress_token_ids=self.suppress_token_ids,
             pad_token_id=self.pad_token_id,
+            logits_processor=None if self.constraint is None else self.constraint.logits_processor(
+                [self.answer_grammar(i) for i in infos]
+            ),
         )
         return [self.task.parse_action(t, i) for t, i in zip(texts, infos)], texts
 

@@ -169,6 +169,9 @@ class RolloutBatch:
     completions: list[torch.Tensor] = field(default_factory=list)  # same order, unpadded, up to and incl. EOS
     action_token_starts: list[int] = field(default_factory=list)  # same order
     texts: list[str] = field(default_factory=list)  # decoded completions, for logging
+    # same order: the grammar each completion was generated under (constrained decoding; None: unconstrained), from
+    # which the update replays its per-position token masks
+    grammars: list[str | None] = field(default_factory=list)
 
     def __post_init__(self):
         shape = (self.num_steps, self.num_envs)
@@ -200,6 +203,7 @@ class RolloutBatch:
             "completion_ids": completion_ids,
             "completion_mask": completion_mask,
             "action_token_starts": [self.action_token_starts[i] for i in idx],
+            "grammars": [self.grammars[i] for i in idx] if self.grammars else [None] * len(idx),
             "old_logprobs": flat(self.logprobs),
             "old_values": flat(self.values),
             "advantages": flat(self.advantages),

@@ -68,6 +68,7 @@ class CheckpointingMixin:
             "temperature": self.args.temperature,
             "top_p": self.args.top_p,
             "max_new_tokens": self.args.max_new_tokens,
+            "constrained_decoding": self.args.constrained_decoding,
             "cot_logprob_coef": self.args.cot_logprob_coef,
             "env_steps": self.env_steps,
             "last_eval": getattr(self, "last_eval", None),

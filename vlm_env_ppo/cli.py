@@ -174,9 +174,15 @@ def _agent_parser(prog: str, play: bool):
     parser.add_argument("--num_episodes", type=int, default=3 if play else 32)
     parser.add_argument("--seed", type=int, default=0, help="Episode k is reset with seed + k.")
     parser.add_argument("--sample", action="store_true", help="Sample at the training temperature (default greedy).")
+    parser.add_argument("--constrained_decoding", choices=("true", "false"), default=None,
+                        help="Generate under the answer grammar or not (default: as the agent was trained).")
     if play:
         parser.add_argument("--output", default="replay", help="Writes OUTPUT.html and OUTPUT.gif.")
     return parser
+
+
+def _flag(value: str | None) -> bool | None:
+    return None if value is None else value == "true"
 
 
 def evaluate_command(argv: list[str]) -> dict:
@@ -184,11 +190,12 @@ def evaluate_command(argv: list[str]) -> dict:
     from .agent import VLMAgent
 
     opts = _agent_parser("vlm-env-ppo eval", play=False).parse_args(argv)
-    agent = VLMAgent.from_pretrained(opts.agent)
+    agent = VLMAgent.from_pretrained(opts.agent, constrained_decoding=_flag(opts.constrained_decoding))
     result = agent.evaluate(opts.env_id, num_episodes=opts.num_episodes, seed=opts.seed, greedy=not opts.sample)
     rows = [("agent", opts.agent), ("env", opts.env_id or agent.config.get("env_id")),
             ("episodes", result.num_episodes), ("seeds", f"{opts.seed}..{opts.seed + opts.num_episodes - 1}"),
-            ("decoding", "sampled" if opts.sample else "greedy"), ("success rate", f"{result.success_rate:.3f}"),
+            ("decoding", ("sampled" if opts.sample else "greedy")
+             + (", constrained" if agent.constraint is not None else "")), ("success rate", f"{result.success_rate:.3f}"),
             ("mean return", f"{result.mean_return:.3f}"), ("mean episode length", f"{result.mean_episode_length:.2f}"),
             ("invalid-action rate", f"{result.invalid_action_rate:.3f}")]
     width = max(len(k) for k, _ in rows)
@@ -202,7 +209,7 @@ def play_command(argv: list[str]) -> tuple[str, str]:
     from .replay import record_episodes, write_gif, write_html
 
     opts = _agent_parser("vlm-env-ppo play", play=True).parse_args(argv)
-    agent = VLMAgent.from_pretrained(opts.agent)
+    agent = VLMAgent.from_pretrained(opts.agent, constrained_decoding=_flag(opts.constrained_decoding))
     env_id = opts.env_id or agent.config.get("env_id")
     episodes = record_episodes(
         agent, agent.env_factory(opts.env_id), opts.num_episodes, opts.seed, greedy=not opts.sample

@@ -67,6 +67,14 @@ class VLMPPOConfig(TrainingArguments):
             optimizes; keep 1.0 unless you know why.
         max_new_tokens (`int`, *optional*, defaults to `256`):
             Maximum completion length (paper: 256).
+        constrained_decoding (`bool`, *optional*, defaults to `False`):
+            Generate every completion under the task's answer grammar (llguidance): the JSON answer the prompt asks
+            for, reasoning free, the action exactly one of the step's legal actions, then EOS, always within
+            `max_new_tokens` (the reasoning is bounded in tokens). No output is invalid, from the first rollout on.
+            PPO scores the constrained distribution exactly (the tempered softmax restricted to the allowed tokens
+            and renormalised; the KL reference is scored under the same masks). A trainer that overrides
+            `parse_action` supplies its grammar by overriding `answer_grammar` (else its steps are unconstrained).
+            Needs `top_p=1`. Recorded in the saved agent: evaluation, `VLMAgent`, `vlm-env-ppo eval/play` follow it.
 
         > Parameters that control the PPO update
 
@@ -199,6 +207,9 @@ class VLMPPOConfig(TrainingArguments):
     temperature: float = field(default=0.2, metadata={"help": "Sampling temperature (paper: 0.2)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold."})
     max_new_tokens: int = field(default=256, metadata={"help": "Maximum completion tokens (paper: 256)."})
+    constrained_decoding: bool = field(
+        default=False, metadata={"help": "Generate under the task's answer grammar: every output a legal action."}
+    )
 
     # PPO update
     num_ppo_epochs: int = field(default=4, metadata={"help": "Epochs over each rollout batch (paper: 4)."})
@@ -328,6 +339,11 @@ class VLMPPOConfig(TrainingArguments):
                 raise ValueError(f"`{name}` must be in [0, 1], got {getattr(self, name)}.")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p}.")
+        if self.constrained_decoding and self.top_p != 1.0:
+            raise ValueError(
+                f"`constrained_decoding` needs `top_p=1` (got {self.top_p}): the log-probs PPO optimizes are those of "
+                "the tempered softmax restricted to the grammar's tokens, which a nucleus cut would change."
+            )
         if self.invalid_action not in INVALID_ACTION_CHOICES:
             raise ValueError(f"`invalid_action` must be one of {INVALID_ACTION_CHOICES}, got {self.invalid_action!r}.")
         if self.kl_estimator not in KL_ESTIMATORS:

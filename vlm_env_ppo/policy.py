@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from peft import PeftModel
 from torch import nn
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 from .envs.adapter import HISTORY
 from .models.loading import get_tokenizer
@@ -171,12 +171,14 @@ def generate_completions(
     max_new_tokens: int,
     suppress_token_ids: Sequence[int],
     pad_token_id: int,
+    logits_processor=None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """One batched `generate` call → ``(completion_ids, completion_mask, texts)``; ids after EOS become padding.
 
     Sampling draws from the softmax of the logits at ``temperature`` (nucleus-cut at ``top_p``), greedy takes their
     argmax; nothing in the model's ``generation_config`` changes either (`NEUTRAL_GENERATION_SETTINGS`) except its
-    EOS ids, which end completions here exactly as they end them in `mask_after_eos`.
+    EOS ids, which end completions here exactly as they end them in `mask_after_eos`. ``logits_processor``: a
+    `GrammarLogitsProcessor` (constrained decoding), applied after suppression and before temperature and top-p.
     """
     tokenizer = get_tokenizer(processing_class)
     eos_ids = eos_token_ids(policy, tokenizer)
@@ -196,6 +198,7 @@ def generate_completions(
         # so suppressed tokens stay impossible) and the scoring forward's non-finite log-probs are dealt with by the
         # trainer (the sample's minibatches are skipped and counted).
         remove_invalid_values=True,
+        logits_processor=None if logits_processor is None else LogitsProcessorList([logits_processor]),
     )
     completion_ids = generated[:, device_inputs["input_ids"].shape[1] :]  # (batch, C)
     completion_mask = mask_after_eos(completion_ids, eos_ids)
@@ -219,11 +222,13 @@ class PolicyAndValue(nn.Module):
         present = {type(m).__name__ for m in base.modules()}
         self._no_split_modules = sorted(n for n in getattr(base, "_no_split_modules", None) or () if n in present)
 
-    def forward(self, prompt_inputs, completion_ids, completion_mask, temperature, compute_entropy=False):
+    def forward(
+        self, prompt_inputs, completion_ids, completion_mask, temperature, compute_entropy=False, allowed_tokens=None
+    ):
         device = prompt_inputs["input_ids"].device
         if self.suppressed_ids.device != device:  # moved once, not copied to the device on every forward
             self.suppressed_ids = self.suppressed_ids.to(device)
         return policy_forward(
             self.policy, self.value_head, prompt_inputs, completion_ids, completion_mask, temperature, compute_entropy,
-            suppressed_ids=self.suppressed_ids,
+            suppressed_ids=self.suppressed_ids, allowed_tokens=allowed_tokens,
         )

@@ -194,6 +194,8 @@ class VLMPPOTrainer(ActingMixin, FaultHandlingMixin, CheckpointingMixin, BaseTra
             processing_class, policy.config, keep_ids=self.eos_token_ids
         )
         wrapper = PolicyAndValue(policy, value_head, self.suppress_token_ids)
+        self._default_parser = type(self).parse_action is VLMPPOTrainer.parse_action
+        self.constraint = self._grammar_constraint(args, tokenizer, policy)  # None unless constrained_decoding
 
         super().__init__(
             model=wrapper,
@@ -226,6 +228,7 @@ class VLMPPOTrainer(ActingMixin, FaultHandlingMixin, CheckpointingMixin, BaseTra
         self.episode_stats = EpisodeStats(args.num_envs)
         self.env_steps = 0
         self.parse_errors = 0
+        self.grammar_errors = 0
         # Fault counters (issue 7): cumulative over the run, saved in checkpoints.
         self.skipped_minibatches = 0
         self._env_errors_before = 0  # env errors of the run before a resume (the env wrappers count this process's)
@@ -420,8 +423,10 @@ class VLMPPOTrainer(ActingMixin, FaultHandlingMixin, CheckpointingMixin, BaseTra
         prompt_inputs = self._to_device(mb["prompt_inputs"])
         completion_ids = mb["completion_ids"].to(device)
         completion_mask = mb["completion_mask"].to(device)
+        allowed = None if self.constraint is None else self.constraint.replay(mb["grammars"], completion_ids, completion_mask)
         per_token_logprobs, entropy, values = model(
-            prompt_inputs, completion_ids, completion_mask, self.args.temperature, compute_entropy=True
+            prompt_inputs, completion_ids, completion_mask, self.args.temperature, compute_entropy=True,
+            allowed_tokens=allowed,
         )
         weights = token_weights(completion_mask, mb["action_token_starts"], self.args.cot_logprob_coef)
         new_logprobs = weighted_logprob(per_token_logprobs, weights)

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from trl.trainer.utils import selective_log_softmax, selective_log_softmax_and_entropy
 
+from ..constrained import masked_logprobs
+
 # Per-token model inputs that must be extended over the completion when it is appended to the prompt. Qwen-VL's
 # `mm_token_type_ids` marks image/video tokens for its 3D rope; completion tokens are text (0).
 PER_TOKEN_KEYS = ("attention_mask", "token_type_ids", "mm_token_type_ids")
@@ -70,6 +72,7 @@ def policy_forward(
     temperature: float,
     compute_entropy: bool = False,
     suppressed_ids: torch.Tensor | None = None,
+    allowed_tokens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """One forward of the VLM on ``prompt + completion``.
 
@@ -77,6 +80,9 @@ def policy_forward(
     row. Only the ``C + 1`` last positions get logits (``logits_to_keep``), not the whole image-laden prompt.
     ``suppressed_ids``: the token ids generation never samples; log-probs are then those of the softmax renormalised
     over the other tokens, the distribution the completions were sampled from (`exclude_suppressed`).
+    ``allowed_tokens``: ``(batch, C, words)`` packed masks of the tokens constrained decoding allowed at each position
+    (`vlm_env_ppo.constrained`, suppressed tokens already excluded); log-probs and entropy are then those of the
+    softmax restricted to them (`masked_logprobs`), and ``suppressed_ids`` is not used.
 
     Returns:
         ``per_token_logprobs`` ``(batch, C)`` at ``temperature`` (0 on padding), ``entropy`` ``(batch, C)`` or None
@@ -94,7 +100,9 @@ def policy_forward(
         logits_to_keep=completion_len + 1,
     )
     logits = outputs.logits[:, :-1, :]  # (batch, C, vocab): position P-1+j predicts completion token j
-    if compute_entropy:
+    if allowed_tokens is not None:
+        logprobs, entropy = masked_logprobs(logits, completion_ids, allowed_tokens, temperature, compute_entropy)
+    elif compute_entropy:
         # Entropy is only logged (the loss has no entropy bonus): no graph for it, which saves a (batch, C, vocab)
         # activation per micro-batch.
         logprobs, entropy = selective_log_softmax_and_entropy(
@@ -104,7 +112,7 @@ def policy_forward(
     else:
         logprobs = selective_log_softmax(logits.float(), completion_ids, temperature=temperature)
         entropy = None
-    if suppressed_ids is not None and suppressed_ids.numel():
+    if allowed_tokens is None and suppressed_ids is not None and suppressed_ids.numel():
         logprobs = exclude_suppressed(logprobs, logits, completion_ids, suppressed_ids, temperature)
     logprobs = logprobs * completion_mask
     values = None
