@@ -50,8 +50,10 @@ def force_ppo_length(trainer) -> None:
     trainer.accelerator.unwrap_model(trainer.model).suppressed_ids = torch.tensor(trainer.suppress_token_ids)
 
 
-def ppo_trainer(setup: Setup, *, num_envs: int, num_steps: int, callbacks=None, **overrides):
-    """A `VLMPPOTrainer` on the shared model/env/seed/length, its envs reset and ready for `collect_rollout`."""
+def ppo_trainer(setup: Setup, *, num_envs: int, num_steps: int, callbacks=None, force_length: bool = True,
+                **overrides):
+    """A `VLMPPOTrainer` on the shared model/env/seed/length, its envs reset and ready for `collect_rollout`
+    (``force_length=False``: completions end where EOS is sampled, e.g. where a grammar puts it)."""
     from vlm_env_ppo import VLMPPOConfig, VLMPPOTrainer
     from vlm_env_ppo.rollout import unbatch_infos
 
@@ -65,6 +67,7 @@ def ppo_trainer(setup: Setup, *, num_envs: int, num_steps: int, callbacks=None, 
         "per_device_train_batch_size": 1,
         "max_new_tokens": setup.max_new_tokens,
         "temperature": 1.0,
+        "constrained_decoding": False,  # completions forced to max_new_tokens (EOS suppressed): no grammar can end
         "learning_rate": 1e-5,
         "activation_checkpointing": False,
         "report_to": "none",
@@ -75,7 +78,8 @@ def ppo_trainer(setup: Setup, *, num_envs: int, num_steps: int, callbacks=None, 
     }
     kwargs.update(overrides)
     trainer = VLMPPOTrainer(setup.model_path, VLMPPOConfig(**kwargs), env=ENV_ID, callbacks=callbacks)
-    force_ppo_length(trainer)
+    if force_length:
+        force_ppo_length(trainer)
     obs, infos = trainer.envs.reset(seed=trainer.env_seed)
     trainer._obs, trainer._infos = obs, unbatch_infos(infos, num_envs)
     return trainer

@@ -4,6 +4,9 @@
 python benchmarks/learning.py --jobs 2                 # every probe, seeds 0-2 (~1 h on a quiet 2-core CPU)
 python benchmarks/learning.py --probes ColorChoice --seeds 0 1 2 --set advantage_std_floor=0   # an A/B arm
 python benchmarks/learning.py --quick                  # the CI smoke size: one seed, a few updates per probe
+python benchmarks/learning.py --probes ColorChoice Memory --updates 60 --jobs 2 \
+    --arms "unconstrained:" "constrained:constrained_decoding=true,warm_start_steps=0" \
+    --out benchmarks/constrained_learning.json --plot docs/constrained_learning_curves.png   # both arms, one run
 ```
 
 For each probe (ColorChoice and the multi-step probes of `vlm_env_ppo.envs.multistep_probes`, with the settings of
@@ -20,7 +23,9 @@ For each probe (ColorChoice and the multi-step probes of `vlm_env_ppo.envs.multi
 
 Writes a table, `benchmarks/learning_results.json` and `docs/learning_curves.png` (moving-average success per
 update, one panel per probe, one line per seed). ``--set key=value`` overrides any `VLMPPOConfig` field on every run
-(A/B comparisons of a change to the loss, the log-probs or generation: run both arms, same seeds).
+(A/B comparisons of a change to the loss, the log-probs or generation: run both arms, same seeds); ``--arms`` runs
+several such arms in one run, ``name:key=value,key=value`` each, reported as ``probe (name)``. ``warm_start_steps``
+there replaces the probe's answer-format warm start (0: none).
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ def run_one(probe: str, seed: int, overrides: dict, eval_episodes: int, quick: b
     updates = QUICK_UPDATES if quick else updates or PROBE_SETTINGS[env_id]["benchmark_updates"]
     trainer = probe_trainer(
         model, env_id, output_dir, num_updates=updates, seed=seed, logging_steps=1, disable_tqdm=True, **overrides
-    )
+    )  # `warm_start_steps` in `overrides` replaces the probe's
     trainer.train()
     success, invalid = training_success(trainer)
     result = trainer.evaluate(num_episodes=eval_episodes, seed=10_000, greedy=True)
@@ -202,6 +207,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per run")
     parser.add_argument("--updates", type=int, default=None,
                         help="PPO updates per run instead of each probe's benchmark budget (a shorter A/B arm)")
+    parser.add_argument("--arms", nargs="*", default=None, metavar="NAME:KEY=VALUE,...",
+                        help="several override sets, each run on every probe and seed (e.g. with and without a feature)")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (one core each)")
     parser.add_argument("--out", default=os.path.join(HERE, "learning_results.json"))
     parser.add_argument("--plot", default=os.path.join(ROOT, "docs", "learning_curves.png"))
@@ -213,18 +220,25 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     start, load_before = time.time(), os.getloadavg()
     results: dict[str, list[dict]] = {}
-    jobs = [(probe, seed) for probe in cli.probes for seed in cli.seeds]
+    arms = {"": overrides}
+    if cli.arms:
+        arms = {}
+        for arm in cli.arms:
+            name, _, pairs = arm.partition(":")
+            arms[name] = {**overrides, **parse_overrides([p for p in pairs.split(",") if p])}
+    jobs = [(probe if not cli.arms else f"{probe} ({name})", probe, seed, arm)
+            for probe in cli.probes for name, arm in arms.items() for seed in cli.seeds]
     with tempfile.TemporaryDirectory(prefix="vlm-env-ppo-learning-") as workdir:
-        args = [(probe, seed, overrides, cli.eval_episodes, cli.quick, workdir, cli.threads, cli.updates)
-                for probe, seed in jobs]
+        args = [(probe, seed, arm, cli.eval_episodes, cli.quick, os.path.join(workdir, label.replace(" ", "_")),
+                 cli.threads, cli.updates) for label, probe, seed, arm in jobs]
         if cli.jobs > 1:  # one process per run: the runs are independent and single-threaded
             context = multiprocessing.get_context("spawn")
             with concurrent.futures.ProcessPoolExecutor(cli.jobs, mp_context=context) as pool:
                 runs = list(pool.map(quiet_run, args))
         else:
             runs = [quiet_run(a) for a in args]
-    for (probe, _), run in zip(jobs, runs):
-        results.setdefault(probe, []).append(run)
+    for (label, *_), run in zip(jobs, runs):
+        results.setdefault(label, []).append(run)
     summaries = {probe: summarize(runs) for probe, runs in results.items()}
     import transformers
 
@@ -233,6 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
         "settings": {
             "probes": {p: {"env_id": PROBES[p], **PROBE_SETTINGS[PROBES[p]]} for p in cli.probes},
             "overrides": overrides,
+            "arms": arms if cli.arms else None,
             "seeds": cli.seeds,
             "window": WINDOW,
             "target": TARGET,

@@ -127,7 +127,7 @@ def main():
         num_ppo_epochs=1,
         num_mini_batches=2,
         per_device_train_batch_size=2,
-        max_new_tokens=6,
+        max_new_tokens=14,  # constrained decoding (the default): answers of 12 tokens and 2 of thoughts
         temperature=1.0,
         learning_rate=1e-3,
         kl_coef=cli.kl_coef,

@@ -171,7 +171,7 @@ PAPER = {  # the paper (Zhai et al., NeurIPS 2024) and RL4VLM's launch scripts; 
     "gamma": 0.9, "lam": 0.95, "temperature": 0.2, "max_new_tokens": 256, "cot_logprob_coef": 0.5,
     "total_env_steps": 15_000, "kl_coef": 0.0, "max_grad_norm": 0.01, "value_head_hidden_sizes": [1024, 512],
     "activation_checkpointing": True, "lr_scheduler_kwargs": {"min_lr": 1e-9}, "mini_batch_size": 128,
-    "action_only": False, "invalid_action": "random",
+    "action_only": False, "invalid_action": "random", "constrained_decoding": False,
 }  # fmt: skip
 MODELS = {"llava_7b": ("llava-hf/llava-v1.6-mistral-7b-hf", 1), "qwen2_5_vl_3b": ("Qwen/Qwen2.5-VL-3B-Instruct", 4)}
 

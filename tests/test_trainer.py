@@ -31,6 +31,7 @@ def make_args(tmp_path, **overrides):
         per_device_train_batch_size=1,
         max_new_tokens=8,
         temperature=1.0,
+        constrained_decoding=False,  # these tests check the unconstrained path; tests/test_constrained.py the other
         learning_rate=1e-3,
         activation_checkpointing=False,
         report_to="none",

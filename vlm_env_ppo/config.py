@@ -67,7 +67,7 @@ class VLMPPOConfig(TrainingArguments):
             optimizes; keep 1.0 unless you know why.
         max_new_tokens (`int`, *optional*, defaults to `256`):
             Maximum completion length (paper: 256).
-        constrained_decoding (`bool`, *optional*, defaults to `False`):
+        constrained_decoding (`bool`, *optional*, defaults to `True`):
             Generate every completion under the task's answer grammar (llguidance): the JSON answer the prompt asks
             for, reasoning free, the action exactly one of the step's legal actions, then EOS, always within
             `max_new_tokens` (the reasoning is bounded in tokens). No output is invalid, from the first rollout on.
@@ -75,6 +75,8 @@ class VLMPPOConfig(TrainingArguments):
             and renormalised; the KL reference is scored under the same masks). A trainer that overrides
             `parse_action` supplies its grammar by overriding `answer_grammar` (else its steps are unconstrained).
             Needs `top_p=1`. Recorded in the saved agent: evaluation, `VLMAgent`, `vlm-env-ppo eval/play` follow it.
+            `False` is the paper's behaviour (unconstrained text; invalid outputs take the `invalid_action` path), which
+            the paper's example configs keep.
 
         > Parameters that control the PPO update
 
@@ -208,7 +210,8 @@ class VLMPPOConfig(TrainingArguments):
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold."})
     max_new_tokens: int = field(default=256, metadata={"help": "Maximum completion tokens (paper: 256)."})
     constrained_decoding: bool = field(
-        default=False, metadata={"help": "Generate under the task's answer grammar: every output a legal action."}
+        default=True,
+        metadata={"help": "Generate under the task's answer grammar: every output a legal action (False: the paper)."},
     )
 
     # PPO update
@@ -342,7 +345,8 @@ class VLMPPOConfig(TrainingArguments):
         if self.constrained_decoding and self.top_p != 1.0:
             raise ValueError(
                 f"`constrained_decoding` needs `top_p=1` (got {self.top_p}): the log-probs PPO optimizes are those of "
-                "the tempered softmax restricted to the grammar's tokens, which a nucleus cut would change."
+                "the tempered softmax restricted to the grammar's tokens, which a nucleus cut would change. Set "
+                "`constrained_decoding=False` to sample with a nucleus cut (unconstrained, as the paper)."
             )
         if self.invalid_action not in INVALID_ACTION_CHOICES:
             raise ValueError(f"`invalid_action` must be one of {INVALID_ACTION_CHOICES}, got {self.invalid_action!r}.")

@@ -41,6 +41,9 @@ COMMON_CONFIG: dict[str, Any] = dict(
     temperature=1.0,
     max_new_tokens=10,
     action_only=True,
+    # The CI learning tests and their controls were measured unconstrained, after the answer-format warm start;
+    # `benchmarks/learning.py --arms` compares constrained decoding (no warm start) on the same seeds.
+    constrained_decoding=False,
     invalid_action_penalty=-1.0,
     activation_checkpointing=False,
     report_to="none",
@@ -163,11 +166,13 @@ class ProbeRun:
 
 
 def probe_trainer(
-    model: str, env_id: str, output_dir: str, control: bool = False, num_updates: int | None = None, **overrides
+    model: str, env_id: str, output_dir: str, control: bool = False, num_updates: int | None = None,
+    warm_start_steps: int | None = None, **overrides
 ):
     """A `VLMPPOTrainer` on ``env_id`` with its probe settings (``control``: the control's), taught the answer format
-    (`teach_answer_format`, seeded like the run), ready for ``train()``. ``num_updates`` replaces the settings'
-    budget; ``overrides`` are `VLMPPOConfig` fields (``seed`` included)."""
+    (`teach_answer_format`, seeded like the run; ``warm_start_steps`` replaces the settings' number of steps, 0 for
+    none), ready for ``train()``. ``num_updates`` replaces the settings' budget; ``overrides`` are `VLMPPOConfig`
+    fields (``seed`` included)."""
     from .trainer import VLMPPOTrainer  # heavy: only when a run is asked for
     from .warm_start import teach_answer_format
 
@@ -178,7 +183,9 @@ def probe_trainer(
         )
     trainer = VLMPPOTrainer(model, args, env=env_id)
     try:
-        teach_answer_format(trainer, steps=PROBE_SETTINGS[env_id]["warm_start_steps"], seed=args.seed)
+        steps = PROBE_SETTINGS[env_id]["warm_start_steps"] if warm_start_steps is None else warm_start_steps
+        if steps:
+            teach_answer_format(trainer, steps=steps, seed=args.seed)
     except BaseException:
         trainer.envs.close()
         raise
