@@ -19,6 +19,9 @@ What it shows:
      never raise: anything it cannot read is ``valid=False`` (counted in ``env/invalid_action_rate``; the trainer
      plays a random action). ``action_start`` is the character where the action part begins: the tokens before it
      are the reasoning, whose log-probs get the weight ``cot_logprob_coef`` (the paper's lambda).
+   - ``answer_grammar(info)``: the grammar generation follows under constrained decoding (the default), so that
+     every answer parses from the first rollout on. Without it, a trainer that overrides ``parse_action`` generates
+     unconstrained (and says so in a warning).
 3. `build_trainer(..., trainer_cls=GoalGridTrainer, env=GoalGridEnv)` and `run_training`, as ``vlm-env-ppo train``.
 
 For a task with a fixed action vocabulary and the JSON format you can skip the subclass: pass
@@ -108,6 +111,18 @@ class GoalGridTrainer(VLMPPOTrainer):
             return ParsedAction(None, False, None, "no_action_key")
         last = matches[-1]  # a model that corrects itself is judged on its final answer
         return ParsedAction(ACTIONS.index(last.group(1).lower()), True, last.start(), "ok")
+
+    def answer_grammar(self, info: dict) -> str:
+        # Constrained decoding (on by default): generation follows this grammar (llguidance's Lark), so every answer
+        # parses. Reasoning on one line, bounded in tokens so that "Move: <direction>" and EOS always fit
+        # max_new_tokens (counted as one token per byte: the worst case), then the move, then EOS.
+        closing = len("\nMove: right".encode()) + 1
+        directions = " | ".join(f'"{a}"' for a in ACTIONS)
+        return (
+            'start: reasoning "\\nMove: " direction\n'
+            f"reasoning[max_tokens={max(1, self.args.max_new_tokens - closing)}]: /[^\\n]*/\n"
+            f"direction: {directions}\n"
+        )
 
 
 # Used unless the command line (or a --config YAML) says otherwise: a short CPU run of a tiny VLM built locally.

@@ -95,10 +95,12 @@ def test_custom_env_example_trains_with_its_own_hooks(tiny_vlm_path, tmp_path):
     out = tmp_path / "agent"
     stdout = run_example(
         "custom_env.py", "--model_name_or_path", tiny_vlm_path("llava_next"), "--output_dir", str(out),
-        "--num_steps", "4", "--total_env_steps", "16", "--max_new_tokens", "8", "--final_eval_episodes", "2",
+        "--num_steps", "4", "--total_env_steps", "16", "--max_new_tokens", "24", "--final_eval_episodes", "2",
         "--disable_tqdm", "true", cwd=tmp_path,
     )  # fmt: skip
     assert "vlm-env-ppo: 16 env steps on custom env." in stdout and "Final evaluation (2 episodes" in stdout
+    # its `answer_grammar` constrains generation (the default): not one invalid output, in training or evaluation
+    assert "invalid outputs 0.00 -> 0.00" in stdout and "invalid outputs 0.00 (" in stdout, stdout[-600:]
     assert_saved_agent(out, env_id=None, env_steps=16)
 
     # The env passes gymnasium's checks and the hooks keep their contracts.

@@ -122,4 +122,40 @@ def test_success_holds_long_after_convergence(tiny_vlm_path, tmp_path):
     )
 
 
+MEMORY = "vlm_env_ppo/Memory-v0"
+
+
+def constrained_run(model, tmp_path, name, control):
+    """Memory from a fresh model: constrained decoding, no answer-format warm start, 25 updates."""
+    overrides = dict(constrained_decoding=True, warm_start_steps=0, num_updates=25, logging_steps=1)
+    trainer = probe_trainer(model, MEMORY, str(tmp_path / name), control=control, **overrides)
+    try:
+        before = trainer.evaluate(num_episodes=64, seed=1000, greedy=False)
+        trainer.train()
+        after = trainer.evaluate(num_episodes=64, seed=1000, greedy=False)
+    finally:
+        trainer.envs.close()
+    success, invalid = training_success(trainer)
+    return before, after, convergence(success), invalid
+
+
+def test_constrained_decoding_learns_from_a_fresh_model(tiny_vlm_path, tmp_path):
+    """Constrained decoding (the default) with no warm start: the untrained model's first outputs are already all
+    legal, and PPO on the constrained policy learns a multi-step task (measured: 90% at update 8, seed 0, against 34
+    with the warm start and no grammar). The control drops the history the task needs: the grammar gives legal
+    answers, not the right ones, so it must stay near chance."""
+    model = tiny_vlm_path("llava_next", seed=0)
+    before, after, learner, invalid = constrained_run(model, tmp_path, "learner", control=False)
+    _, control_after, _, control_invalid = constrained_run(model, tmp_path, "control", control=True)
+    print(
+        f"\nMemory, constrained, no warm start: {before['eval/success_rate']:.3f} -> {after['eval/success_rate']:.3f}, "
+        f"90% at update {learner['updates_to_90']}; without history: {control_after['eval/success_rate']:.3f}"
+    )
+    assert before["eval/invalid_action_rate"] == 0.0 and max(invalid) == 0.0 and max(control_invalid) == 0.0
+    assert abs(before["eval/success_rate"] - 0.5) <= 0.2
+    assert learner["updates_to_90"] is not None and learner["updates_to_90"] <= 20
+    assert after["eval/success_rate"] >= 0.9
+    assert control_after["eval/success_rate"] <= 0.7
+
+
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
