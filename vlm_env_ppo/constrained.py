@@ -140,6 +140,7 @@ class GrammarConstraint:
                 f"constrained_decoding needs a fast (Rust) tokenizer; the processor has a {type(tokenizer).__name__}. "
                 "Load the processor with `use_fast=True` or turn constrained_decoding off."
             )
+        self.tokenizer = tokenizer
         self.vocab_size = int(vocab_size)
         self.words = (self.vocab_size + 31) // 32
         self.eos_ids = frozenset(int(i) for i in eos_ids)
@@ -155,7 +156,12 @@ class GrammarConstraint:
 
     # ------------------------------------------------------------------ grammars
     def tokens(self, text: str) -> list[int]:
-        """A token sequence that spells exactly ``text``: the tokenizer's greedy longest match over token bytes."""
+        """A token sequence that spells exactly ``text``: the tokenizer's own encoding of it where that spells it
+        byte for byte (byte-level BPE: Qwen, Llama 3, Tekken), else the greedy longest match over token bytes
+        (SentencePiece vocabularies, whose encoding prepends a space)."""
+        ids = list(self.tokenizer.encode(text, add_special_tokens=False))
+        if self.lltok.decode_bytes(ids) == text.encode():
+            return ids
         ids = self.lltok.greedy_tokenize(text)
         if self.lltok.decode_bytes(ids) != text.encode():  # cannot happen for byte-level or byte-fallback vocabularies
             raise ValueError(f"The tokenizer cannot spell {text!r} exactly; use a custom `answer_grammar`.")
