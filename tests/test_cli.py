@@ -84,6 +84,11 @@ def test_bad_flag_value_is_one_error_line_with_the_fix(tmp_path, capsys):
     err = one_line_error(capsys, ["train", "--num_envs", "3", "--num_steps", "3", "--num_mini_batches", "2",
                                   "--output_dir", str(tmp_path)])
     assert err.startswith("vlm-env-ppo train: error: ") and "divide batch_size" in err
+    with pytest.raises(SystemExit) as exit_info:  # a value TrainingArguments rejects, in `vlm-env-ppo sft` too
+        main(["sft", "--load_best_model_at_end", "true", "--save_strategy", "steps", "--output_dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert "vlm-env-ppo sft: error: " in err and "load_best_model_at_end" in err
 
 
 def test_missing_model_folder_says_so_not_repo_id_rules(tmp_path, capsys, monkeypatch):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 
 # Re-exported: the data generation lived here before it got a module of its own
@@ -352,7 +353,11 @@ def sft_main(argv: list[str]) -> dict:
     argv = list(argv)
     if not any(a == "--config" or a.startswith(("--config=", "--model_name_or_path")) for a in argv):
         argv = ["--config", str(resources.files("vlm_env_ppo") / "configs" / SFT_QUICKSTART_CONFIG), *argv]
-    script_args, args, model_args = sft_parser().parse_args_and_config(argv)
+    try:
+        script_args, args, model_args = sft_parser().parse_args_and_config(argv)
+    except (ValueError, TypeError) as error:  # a flag value the config rejects: its message says what to change
+        print(f"vlm-env-ppo sft: error: {error}", file=sys.stderr)  # as argparse does: status 2, no traceback
+        sys.exit(2)
 
     # 1. Data: generated with the env's expert, or a saved dataset.
     if script_args.dataset_name:
