@@ -155,6 +155,7 @@ class ActingMixin:
         policy = self.accelerator.unwrap_model(self.model).policy
         policy.eval()
         grammars = self._step_grammars(infos) if self.constraint is not None else []
+        processor = self.constraint.logits_processor(grammars) if grammars else None
         completion_ids, completion_mask, texts = generate_completions(
             policy,
             self.processing_class,
@@ -165,7 +166,7 @@ class ActingMixin:
             max_new_tokens=self.args.max_new_tokens,
             suppress_token_ids=self.suppress_token_ids,
             pad_token_id=self.pad_token_id,
-            logits_processor=self.constraint.logits_processor(grammars) if grammars else None,
+            logits_processor=processor,
         )
         parsed = [self._safe_parse(texts[i], infos[i]) for i in range(n)]
         out = StepOutput(prompts=[], completions=[], texts=texts, parsed=parsed, action_token_starts=[], grammars=grammars)
@@ -176,8 +177,10 @@ class ActingMixin:
         out.action_token_starts = [
             action_token_index(tokenizer, out.completions[i].tolist(), parsed[i].action_start) for i in range(n)
         ]
-        # Constrained: scored under the masks generation applied, replayed as the update will replay them.
-        allowed = self.constraint.replay(grammars, completion_ids, completion_mask) if grammars else None
+        # Constrained: scored under the masks generation applied (the update replays them from the completion ids).
+        allowed = processor.applied_masks() if processor is not None else None
+        if allowed is not None and allowed.shape[1] != completion_ids.shape[1]:  # not one processor call per token
+            allowed = self.constraint.replay(grammars, completion_ids, completion_mask)
         per_token_logprobs, _, values = self.model(
             device_inputs, completion_ids, completion_mask, self.args.temperature, allowed_tokens=allowed
         )
@@ -237,8 +240,9 @@ class ActingMixin:
                            "completions are generated unconstrained. Override `answer_grammar` to constrain them.")
         elif self.task is not None and self.task.admissible_actions is None:
             longest = max(len(constraint.action_tokens(a)) for a in self.task.action_names)
-            needed = args.max_new_tokens - constraint.action_room(args.action_only) + longest
-            if needed > args.max_new_tokens:
+            room = constraint.action_room(args.action_only)
+            if longest > room:
+                needed = args.max_new_tokens - room + longest
                 raise ValueError(
                     f"max_new_tokens={args.max_new_tokens} is too small for constrained decoding of "
                     f"{self.task.env_id}'s answers: the longest needs {needed} tokens with empty thoughts."
@@ -253,7 +257,7 @@ class ActingMixin:
             try:
                 grammar = self.answer_grammar(info)
                 if grammar is not None:
-                    self.constraint.matcher(grammar)
+                    self.constraint.compile(grammar)
             except Exception:  # noqa: BLE001 - a bug in a user hook or grammar must not lose the run
                 grammar = None
                 self.grammar_errors += 1

@@ -12,8 +12,8 @@ thoughts are bounded in tokens (llguidance's ``max_tokens``) so that the answer 
 Exactness. At every position the policy samples from the softmax at the sampling temperature, restricted to the
 tokens the grammar allows there (and not suppressed) and renormalised. `GrammarWalk` decides those tokens, one
 position at a time; generation (`GrammarLogitsProcessor`) and scoring (`GrammarConstraint.replay`, from the completion
-ids the buffer holds) run the same walk, so the rollout's log-probs, every update's and the reference's (scored under
-the same masks: see `masked_logprobs`) are those of that distribution. Nothing vocabulary-sized is stored per token:
+ids the buffer holds) run the same walk: the rollout scores under the masks generation applied, every update under
+their replay, and the reference under the same masks (see `masked_logprobs`), all of that distribution. Nothing vocabulary-sized is stored per token:
 the masks are replayed per micro-batch.
 
 A walk whose grammar has no allowed token left, or rejects a token (neither happens with the built-in grammars),
@@ -99,7 +99,7 @@ class GrammarLogitsProcessor(LogitsProcessor):
         self.constraint = constraint
         self.walks = [constraint.walk(g) for g in grammars]
         self.prompt_length: int | None = None
-        self._packed = np.empty((len(self.walks), constraint.words), dtype=np.int32)
+        self.applied: list[np.ndarray] = []  # (batch, words) per generated position: what the rollout scores under
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if scores.shape[-1] > self.constraint.words * 32:
@@ -112,10 +112,17 @@ class GrammarLogitsProcessor(LogitsProcessor):
         else:
             for walk, token in zip(self.walks, input_ids[:, -1].tolist()):
                 walk.advance(token)
+        packed = np.empty((len(self.walks), self.constraint.words), dtype=np.int32)
         for i, walk in enumerate(self.walks):
-            walk.next_mask(self._packed, i)
-        allowed = unpack_bitmask(torch.from_numpy(self._packed).to(scores.device), scores.shape[-1])
+            walk.next_mask(packed, i)
+        self.applied.append(packed)
+        allowed = unpack_bitmask(torch.from_numpy(packed).to(scores.device), scores.shape[-1])
         return scores.masked_fill(~allowed, float("-inf"))
+
+    def applied_masks(self) -> torch.Tensor:
+        """``(batch, C, words)``: the packed masks applied at each generated position (those `GrammarConstraint.replay`
+        recomputes from the completion ids; positions after a row's EOS allow every token)."""
+        return torch.from_numpy(np.stack(self.applied, axis=1))
 
 
 class GrammarConstraint:
@@ -172,6 +179,7 @@ class GrammarConstraint:
         """The tokens of an action's JSON string content and the answer's closing ``"}``."""
         return tuple(self.tokens(json.dumps(action, ensure_ascii=False)[1:-1] + SUFFIX))
 
+    @functools.lru_cache(maxsize=2)  # noqa: B019
     def action_room(self, action_only: bool) -> int:
         """Tokens ``max_new_tokens`` leaves for the thoughts and the action (with its closing ``"}``): the budget less
         the answer's fixed parts and EOS."""
@@ -185,6 +193,10 @@ class GrammarConstraint:
         Every answer it accepts fits ``max_new_tokens`` with its EOS. Actions too long to fit even with empty
         thoughts are left out (logged); None when none fits or there is no legal action (the step is then
         unconstrained)."""
+        return self._answer_grammar(tuple(legal_actions), bool(action_only))
+
+    @functools.lru_cache(maxsize=1024)  # noqa: B019 - built once per action set, not for every env at every step
+    def _answer_grammar(self, legal_actions: tuple[str, ...], action_only: bool) -> str | None:
         prefix = self.tokens(ACTION_ONLY_PREFIX if action_only else COT_PREFIX)
         middle = [] if action_only else self.tokens(COT_MIDDLE)
         room = self.action_room(action_only)
@@ -210,8 +222,8 @@ class GrammarConstraint:
             lines.append(f"thoughts[max_tokens={thought_tokens}]: /{JSON_STRING_CHARS}/")
         return "\n".join(lines) + "\n"
 
-    def matcher(self, grammar: str):
-        """A fresh matcher for ``grammar`` (compiled once, then copied). Raises `ValueError` for an invalid one."""
+    def compile(self, grammar: str):
+        """The compiled ``grammar`` (cached by its text; copy it to walk it). Raises `ValueError` for an invalid one."""
         template = self._matchers.get(grammar)
         if template is None:
             template = self.llg.LLMatcher(self.lltok, grammar, log_level=0)
@@ -220,7 +232,11 @@ class GrammarConstraint:
             if len(self._matchers) >= 1024:  # e.g. text games with ever new command sets
                 self._matchers.clear()
             self._matchers[grammar] = template
-        return template.deep_copy()
+        return template
+
+    def matcher(self, grammar: str):
+        """A fresh matcher for ``grammar`` (compiled once, then copied). Raises `ValueError` for an invalid one."""
+        return self.compile(grammar).deep_copy()
 
     def walk(self, grammar: str | None) -> GrammarWalk:
         return GrammarWalk(self, None if grammar is None else self.matcher(grammar))
