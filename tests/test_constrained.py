@@ -294,3 +294,19 @@ def test_saved_agent_records_and_honours_constrained_decoding(tiny_vlm_path, tmp
     assert VLMAgent.from_pretrained(path, constrained_decoding=False).constraint is None
     metrics = evaluate_command([path, "--num_episodes", "2"])
     assert metrics["eval/invalid_action_rate"] == 0.0 and "greedy, constrained" in capsys.readouterr().out
+
+
+def test_a_fallback_is_counted_once_per_completion_not_per_replay(tiny_tokenizer):
+    """A grammar that rejects what was generated falls back in generation (counted once); the update's replays of
+    that completion, once per epoch, fall back the same way but are not counted again."""
+    constraint = GrammarConstraint(tiny_tokenizer, 852, [EOS], [PAD], max_new_tokens=12)
+    grammar = constraint.answer_grammar(NUMBER_LINE.action_names, action_only=True)
+    ids = torch.tensor([[tiny_tokenizer.encode("x", add_special_tokens=False)[0], EOS]])
+    walk, row = constraint.walk(grammar), np.empty((1, constraint.words), dtype=np.int32)
+    walk.next_mask(row, 0)
+    walk.advance(int(ids[0, 0]))  # not allowed by the grammar: continues unconstrained
+    assert walk.fell_back and constraint.fallbacks == 1
+    for _ in range(3):
+        replayed = constraint.replay([grammar], ids, torch.ones_like(ids))
+        assert torch.equal(replayed[0, 1], torch.from_numpy(constraint.base_mask))  # unconstrained after the fallback
+    assert constraint.fallbacks == 1

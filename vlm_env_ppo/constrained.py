@@ -53,9 +53,10 @@ class GrammarWalk:
     """One completion's way through its grammar: the allowed tokens at each position (`next_mask`) and the token
     taken (`advance`). ``matcher`` None: unconstrained (every token that is not suppressed)."""
 
-    def __init__(self, constraint: GrammarConstraint, matcher):
+    def __init__(self, constraint: GrammarConstraint, matcher, counted: bool = True):
         self.constraint = constraint
         self.matcher = matcher
+        self.counted = counted  # generation's walks count a fallback; replays of the same completion do not
         self.finished = False  # EOS taken: the rest of the row is padding
         self.fell_back = False
 
@@ -83,7 +84,7 @@ class GrammarWalk:
             self._fall_back(self.matcher.get_error())
 
     def _fall_back(self, why: str) -> None:
-        if not self.fell_back:
+        if not self.fell_back and self.counted:
             self.constraint.fallbacks += 1
             if self.constraint.fallbacks == 1:
                 logger.warning("A constrained completion continues unconstrained (%s); counted in "
@@ -238,8 +239,8 @@ class GrammarConstraint:
         """A fresh matcher for ``grammar`` (compiled once, then copied). Raises `ValueError` for an invalid one."""
         return self.compile(grammar).deep_copy()
 
-    def walk(self, grammar: str | None) -> GrammarWalk:
-        return GrammarWalk(self, None if grammar is None else self.matcher(grammar))
+    def walk(self, grammar: str | None, counted: bool = True) -> GrammarWalk:
+        return GrammarWalk(self, None if grammar is None else self.matcher(grammar), counted)
 
     # ------------------------------------------------------------------ generation and scoring
     def logits_processor(self, grammars: Sequence[str | None]) -> GrammarLogitsProcessor:
@@ -252,7 +253,7 @@ class GrammarConstraint:
         ids, lengths = completion_ids.cpu().tolist(), completion_mask.sum(-1).tolist()
         packed = np.full((len(ids), completion_ids.shape[1], self.words), -1, dtype=np.int32)
         for i, grammar in enumerate(grammars):
-            walk = self.walk(grammar)
+            walk = self.walk(grammar, counted=False)
             for j in range(int(lengths[i])):
                 walk.next_mask(packed[i], j)
                 walk.advance(ids[i][j])
