@@ -107,14 +107,14 @@ def normalize_advantages(
     the advantages are only the critic's error (a few hundredths and shrinking as the critic fits), and whitening
     blows that noise up to unit scale: every update then pushes the policy as hard as at the start of training, in
     directions set by the critic's error (sampled answers on frames the critic overvalues are pushed down in every
-    update). Measured on the quickstart's task (ColorChoice, seed 2): a raw advantage std of 0.004-0.005 (median
-    over updates 100-140) after convergence against 0.2-0.6 while learning, i.e. 100x and more amplification; one seed in three collapsed to 0.5 greedy success with every output invalid. A floor
-    in reward units bounds that amplification and keeps whitening where there is signal, in the spirit of DreamerV3's
-    return normalisation (Hafner et al. 2023: scale large returns down, do not scale small ones up). Measured with
-    `benchmarks/learning.py`: floors 1.0 (never scale up) and 0.1 both held ColorChoice on every seed; on the
-    multi-step probes classic whitening, 1.0 and 0.1 reach 90% on as many seeds (Trap 1 of 3, DelayedCredit 2 of 3),
-    not the same ones. 0.1 bounds the amplification at 10x and keeps more of whitening's scale-free behaviour for
-    rewards of size 1. ``std_floor=0`` is classic
+    update). Measured on the quickstart's task (ColorChoice, seed 2): a raw advantage std of 0.004-0.005 (median over
+    updates 100-140) after convergence against 0.2-0.6 while learning, i.e. 100x and more amplification; one seed in
+    three collapsed to 0.5 greedy success with every output invalid. A floor in reward units bounds that amplification
+    and keeps whitening where there is signal, in the spirit of DreamerV3's return normalisation (Hafner et al. 2023:
+    scale large returns down, do not scale small ones up). Measured with `benchmarks/learning.py`: floors 1.0 (never
+    scale up) and 0.1 both held ColorChoice on every seed; on the multi-step probes classic whitening, 1.0 and 0.1
+    reach 90% on as many seeds (Trap 1 of 3, DelayedCredit 2 of 3), not the same ones. 0.1 bounds the amplification at
+    10x and keeps more of whitening's scale-free behaviour for rewards of size 1. ``std_floor=0`` is classic
     whitening.
 
     Args:
