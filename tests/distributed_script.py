@@ -250,6 +250,8 @@ def train(cli, rank: int) -> dict:
 
     trainer.compute_advantages = recording_compute_advantages
     trainer.value_of = counting_value_of
+    if trainer.is_deepspeed_enabled:  # before `train` builds the engine: under ZeRO-3 the policy is partitioned
+        record["eval_before"] = trainer.evaluate(num_episodes=3, seed=7)
     acts = counting_acts(trainer)
     if cli.fsdp2:
         shard_with_fsdp2(trainer)

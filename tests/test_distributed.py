@@ -194,10 +194,14 @@ def check_deepspeed_training(ranks, stage: int) -> None:
 
 def check_merged_evaluation(ranks) -> None:
     """As under DDP: rank 0 plays episodes 0, 2, 4 on its 1-step env, rank 1 episodes 1, 3 on its 3-step env, and
-    both report the merged 5 (mean length 1.8; each rank playing all 5 would report 1.0 and 3.0)."""
+    both report the merged 5 (mean length 1.8; each rank playing all 5 would report 1.0 and 3.0). Before `train`
+    (no DeepSpeed engine yet; under ZeRO-3 the loaded policy is partitioned already): episodes 0, 2 and 1."""
     assert ranks[0]["eval"] == ranks[1]["eval"]
     assert ranks[0]["eval"]["eval/episodes"] == 5
     assert ranks[0]["eval"]["eval/episode_length"] == 1.8
+    assert ranks[0]["eval_before"] == ranks[1]["eval_before"]
+    assert ranks[0]["eval_before"]["eval/episodes"] == 3
+    assert ranks[0]["eval_before"]["eval/episode_length"] == pytest.approx(5 / 3)
 
 
 def check_saved_agent(out, ranks) -> None:

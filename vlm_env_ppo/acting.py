@@ -111,18 +111,23 @@ class ActingMixin:
                     wrapped.reshard()
                 return
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
-        if plugin is None or plugin.zero_stage != 3 or wrapped is self.model:
+        if plugin is None or plugin.zero_stage != 3:
             yield
             return
         import deepspeed
         from trl.models.utils import add_hooks, remove_hooks
 
-        with deepspeed.zero.GatheredParameters(list(wrapped.parameters())):
-            remove_hooks(wrapped)
+        # Before `train` builds the engine (an `evaluate()` first) the policy is partitioned already: transformers
+        # loads it under `deepspeed.zero.Init` when a ZeRO-3 config is active. Only the engine has gather hooks.
+        engine = wrapped if wrapped is not self.model else None
+        with deepspeed.zero.GatheredParameters(list(self.model.parameters())):
+            if engine is not None:
+                remove_hooks(engine)
             try:
                 yield
             finally:
-                add_hooks(wrapped)
+                if engine is not None:
+                    add_hooks(engine)
 
     def _prompt_inputs(self, observations, infos: list[dict]) -> dict[str, torch.Tensor]:
         """Processor outputs for acting on ``observations``. The critic valued the observations after the last
