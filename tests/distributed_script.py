@@ -6,14 +6,17 @@ training, and how many critic forwards it ran. Episodes end at different times o
 end after one step (terminated), rank 1's are cut by a time limit after three (truncated, so they need bootstrap
 values of their final frames), and the ranks' rewards differ so that per-rank and global whitening disagree.
 
-Modes: the default trains with `trainer.train()` under whatever the launcher set up (DDP over gloo in CI);
-``--fsdp2`` shards the model with FSDP2 by hand (accelerate enables FSDP only with GPUs), so that every forward is a
-collective as under ZeRO-3; ``--zero_stage N`` passes a DeepSpeed config (for GPU machines: on a CPU-only machine
-accelerate's state and DeepSpeed's disagree on the process count, so it stops at the first gather).
+Modes: the default trains with `trainer.train()` under whatever the launcher set up (DDP over gloo, or DeepSpeed
+ZeRO-2/3 with the shipped configs, in CI); ``--fsdp2`` shards the model with FSDP2 by hand (accelerate enables FSDP
+only with GPUs), so that every forward is a collective as under ZeRO-3; ``--zero_stage N`` passes a DeepSpeed config
+through `deepspeed=` instead. ``--save`` checkpoints after each update and saves the agent; ``--resume`` (a second
+launch on the same ``--out``) continues from the last checkpoint for a third update.
 
 ```bash
 ACCELERATE_USE_CPU=true accelerate launch --config_file examples/accelerate_configs/ddp.yaml --mixed_precision no \
     tests/distributed_script.py --model /path/to/tiny-llava_next --out /tmp/dist [--fsdp2 --kl_coef 0.05]
+accelerate launch --config_file examples/accelerate_configs/zero3.yaml --mixed_precision no \
+    tests/distributed_script.py --model /path/to/tiny-llava_next --out /tmp/dist --save
 ```
 """
 
@@ -158,7 +161,7 @@ def make_trainer(cli, rank: int, num_updates: int) -> VLMPPOTrainer:
 
 
 def counting_acts(trainer: VLMPPOTrainer) -> list[int]:
-    """Count `trainer.act` calls (each one gathers the weights under ZeRO-3)."""
+    """Count `trainer.act` calls (each one gathers the weights under ZeRO-3 and FSDP2)."""
     count, act = [0], trainer.act
 
     def counted(*args, **kwargs):
@@ -260,9 +263,9 @@ def train(cli, rank: int) -> dict:
         trainer.train()
     record["rollout_acts"] = acts[0]
 
-    if not cli.fsdp2:  # each process plays its share of the evaluation episodes, then the shares are merged
-        record["eval"] = trainer.evaluate(num_episodes=5, seed=7)
-        record["eval_acts"] = acts[0] - record["rollout_acts"]
+    # Each process plays its share of the evaluation episodes, then the shares are merged.
+    record["eval"] = trainer.evaluate(num_episodes=5, seed=7)
+    record["eval_acts"] = acts[0] - record["rollout_acts"]
     record["params_after"] = checksum(trainer.model)
     record["global_step"] = trainer.state.global_step
     record["env_steps"] = trainer.env_steps

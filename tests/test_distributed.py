@@ -1,13 +1,14 @@
-"""Two CPU processes with accelerate (gloo): the multi-process guarantees of issue 6.
+"""Two CPU processes with accelerate (gloo): the multi-process guarantees of issues 6 and 28.
 
-`tests/distributed_script.py` runs two PPO updates per process, launched with the shipped DDP config
-(`examples/accelerate_configs/ddp.yaml`), and writes per-rank records that these tests check. The ranks' episodes end
-at different times (rank 0: one step, terminated; rank 1: three steps, truncated) and their rewards differ.
+`tests/distributed_script.py` runs two PPO updates per process, launched with a shipped accelerate config
+(`examples/accelerate_configs/`: DDP, DeepSpeed ZeRO-2 and ZeRO-3), and writes per-rank records that these tests
+check. The ranks' episodes end at different times (rank 0: one step, terminated; rank 1: three steps, truncated) and
+their rewards differ.
 
-Under DDP a critic forward is local, so uneven episode ends could not hang it; the FSDP2 run (model sharded by hand:
-accelerate enables FSDP only with GPUs) makes every forward an all-gather, as under ZeRO-3, with the adapter-disabled
-reference forward too (kl_coef > 0). Without equal forward counts per rank that run dies with a collective mismatch.
-A hang fails the test through the subprocess timeout instead of blocking CI.
+Under DDP a critic forward is local, so uneven episode ends could not hang it; under ZeRO-3 and FSDP2 (model sharded
+by hand: accelerate enables FSDP only with GPUs) every forward and every `act` is a collective, the FSDP2 run with the
+adapter-disabled reference forward too (kl_coef > 0). Without equal counts per rank those runs die with a collective
+mismatch or hang. A hang fails the test through the launch's watchdog timeout instead of blocking CI.
 """
 
 import contextlib
@@ -158,6 +159,15 @@ def test_fsdp2_uneven_episodes_finish_with_identical_shards(fsdp2_ranks):
     assert ranks[0]["params_after"] == ranks[1]["params_after"] != ranks[0]["params_before"]
 
 
+def test_fsdp2_evaluation_split_between_processes_in_lock_step(fsdp2_ranks):
+    """Each `act` unshards the root, a collective: rank 0 (2 batched steps for its episodes) acts once more on a
+    placeholder while rank 1 plays its third step, and both report the merged 5 episodes."""
+    ranks = fsdp2_ranks
+    assert ranks[0]["eval"] == ranks[1]["eval"]
+    assert ranks[0]["eval"]["eval/episodes"] == 5 and ranks[0]["eval"]["eval/episode_length"] == 1.8
+    assert ranks[0]["eval_acts"] == ranks[1]["eval_acts"] == 3
+
+
 # ---------------------------------------------------------------------------------------------------- DeepSpeed
 # The shipped ZeRO-2/3 accelerate configs, launched on 2 CPU processes as a user would (`--mixed_precision no`, as
 # the CPU has no bf16 autocast here): DeepSpeed's CPU accelerator, gloo collectives, constrained decoding on.
@@ -304,3 +314,32 @@ def test_deepspeed_without_gpu_gets_gloo_and_skips_the_shm_op(monkeypatch):
     args.ddp_backend = None
     distributed.setup_devices(args, setup)
     assert seen == {"deepspeed": {"zero_optimization": {"stage": 3}}, "backend": None, "env": None}
+
+
+def test_lock_step_actor_keeps_a_process_without_episodes_in_step():
+    """One process of two with no episode at all (fewer episodes than processes): it acts on the first observation
+    of a fresh env (reset on the evaluation seed) for as long as the other process reports it is still playing."""
+    from vlm_env_ppo.distributed import LockStepActor
+
+    other_active = [True, True, True, False]  # the other process's flag at each agreement
+
+    class TwoProcesses:
+        device = torch.device("cpu")
+
+        def gather(self, flag):
+            return torch.cat([flag, torch.tensor([int(other_active.pop(0))])])
+
+    seeds, acted = [], []
+
+    class Env:
+        def reset(self, seed):
+            seeds.append(seed)
+            return "first frame", {"seed": seed}
+
+        def close(self):
+            pass
+
+    actor = LockStepActor(lambda obs, infos: acted.append((obs, infos)), TwoProcesses(), Env, seed=7)
+    actor.finish()
+    assert seeds == [7] and actor.idle_calls == 3 and not other_active
+    assert acted == [(["first frame"], [{"seed": 7}])] * 3

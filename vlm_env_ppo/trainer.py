@@ -586,10 +586,5 @@ class VLMPPOTrainer(ActingMixin, FaultHandlingMixin, CheckpointingMixin, BaseTra
         self.log(metrics)
         return metrics
 
-    def _sharded_weights(self) -> bool:
-        """Whether weights are sharded across processes (ZeRO-3, FSDP), so that generating gathers them."""
-        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
-        return getattr(self, "is_fsdp_enabled", False) or (plugin is not None and plugin.zero_stage == 3)
-
     # ------------------------------------------------------------------ saving: `CheckpointingMixin` (checkpointing.py)
     # ------------------------------------------------------------------ faults: `FaultHandlingMixin` (faults.py)
