@@ -88,7 +88,7 @@ class LockStepActor:
     def __init__(self, act_batch: Callable, accelerator, make_env: Callable, seed: int):
         self.act_batch, self.accelerator, self.make_env, self.seed = act_batch, accelerator, make_env, seed
         self.last: tuple[list, list[dict]] | None = None
-        self.calls = self.idle_calls = 0
+        self.idle_calls = 0  # placeholder calls
 
     def _anyone_acting(self, acting: bool) -> bool:
         flags = self.accelerator.gather(torch.tensor([int(acting)], device=self.accelerator.device))
@@ -97,7 +97,6 @@ class LockStepActor:
     def __call__(self, observations: list, infos: list[dict]):
         self._anyone_acting(True)
         self.last = (list(observations[:1]), list(infos[:1]))
-        self.calls += 1
         return self.act_batch(observations, infos)
 
     def finish(self) -> None:
@@ -110,5 +109,4 @@ class LockStepActor:
                     env.close()
                 self.last = ([observation], [info])
             self.act_batch(*self.last)
-            self.calls += 1
             self.idle_calls += 1
