@@ -111,18 +111,28 @@ class ActingMixin:
                     wrapped.reshard()
                 return
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
-        if plugin is None or plugin.zero_stage != 3 or wrapped is self.model:
+        if plugin is None or plugin.zero_stage != 3:
             yield
             return
         import deepspeed
         from trl.models.utils import add_hooks, remove_hooks
 
-        with deepspeed.zero.GatheredParameters(list(wrapped.parameters())):
-            remove_hooks(wrapped)
+        # Before `train` builds the engine (an `evaluate()` first) the policy is partitioned already: transformers
+        # loads it under `deepspeed.zero.Init` when a ZeRO-3 config is active. Only the engine has gather hooks.
+        engine = wrapped if wrapped is not self.model else None
+        with deepspeed.zero.GatheredParameters(list(self.model.parameters())):
+            if engine is not None:
+                remove_hooks(engine)
             try:
                 yield
             finally:
-                add_hooks(wrapped)
+                if engine is not None:
+                    add_hooks(engine)
+
+    def _sharded_weights(self) -> bool:
+        """Whether weights are sharded across processes (ZeRO-3, FSDP), so that acting gathers them: a collective."""
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        return getattr(self, "is_fsdp_enabled", False) or (plugin is not None and plugin.zero_stage == 3)
 
     def _prompt_inputs(self, observations, infos: list[dict]) -> dict[str, torch.Tensor]:
         """Processor outputs for acting on ``observations``. The critic valued the observations after the last
@@ -167,6 +177,9 @@ class ActingMixin:
             suppress_token_ids=self.suppress_token_ids,
             pad_token_id=self.pad_token_id,
             logits_processor=processor,
+            # Sharded weights: every token's forward is a collective, so all processes generate the same number of
+            # tokens (the lock-step of `act` calls is the rollout's and `evaluate`'s: `LockStepActor`).
+            synced_gpus=True if self.accelerator.num_processes > 1 and self._sharded_weights() else None,
         )
         parsed = [self._safe_parse(texts[i], infos[i]) for i in range(n)]
         out = StepOutput(prompts=[], completions=[], texts=texts, parsed=parsed, action_token_starts=[], grammars=grammars)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 from transformers import TrainerState
+from transformers.integrations.deepspeed import deepspeed_load_checkpoint
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, rotate_checkpoints
 from trl.trainer.utils import generate_model_card
 
@@ -177,9 +178,14 @@ class CheckpointingMixin:
         }
 
     def _resume(self, checkpoint: str) -> None:
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        load_policy_weights(unwrapped.policy, checkpoint)
-        unwrapped.value_head.load_state_dict(load_value_head(checkpoint).state_dict())
+        if self.is_deepspeed_enabled:
+            # DeepSpeed's own checkpoint (`global_step*/`, written by `_save_optimizer_and_scheduler`) holds the
+            # weights and the optimizer states of every process's partition; frozen weights were left out of it.
+            deepspeed_load_checkpoint(self.model_wrapped, checkpoint, load_module_strict=False)
+        else:
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            load_policy_weights(unwrapped.policy, checkpoint)
+            unwrapped.value_head.load_state_dict(load_value_head(checkpoint).state_dict())
         self._load_optimizer_and_scheduler(checkpoint)
         self.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
         self._load_rng_state(checkpoint)

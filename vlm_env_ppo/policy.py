@@ -172,6 +172,7 @@ def generate_completions(
     suppress_token_ids: Sequence[int],
     pad_token_id: int,
     logits_processor=None,
+    synced_gpus: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """One batched `generate` call → ``(completion_ids, completion_mask, texts)``; ids after EOS become padding.
 
@@ -179,6 +180,8 @@ def generate_completions(
     argmax; nothing in the model's ``generation_config`` changes either (`NEUTRAL_GENERATION_SETTINGS`) except its
     EOS ids, which end completions here exactly as they end them in `mask_after_eos`. ``logits_processor``: a
     `GrammarLogitsProcessor` (constrained decoding), applied after suppression and before temperature and top-p.
+    ``synced_gpus``: keep generating (dummy steps) until every process is done, where each forward is a collective
+    (None: transformers decides; it sees ZeRO-3, not a model that accelerate sharded with FSDP2).
     """
     tokenizer = get_tokenizer(processing_class)
     eos_ids = eos_token_ids(policy, tokenizer)
@@ -199,6 +202,7 @@ def generate_completions(
         # trainer (the sample's minibatches are skipped and counted).
         remove_invalid_values=True,
         logits_processor=None if logits_processor is None else LogitsProcessorList([logits_processor]),
+        synced_gpus=synced_gpus,
     )
     completion_ids = generated[:, device_inputs["input_ids"].shape[1] :]  # (batch, C)
     completion_mask = mask_after_eos(completion_ids, eos_ids)

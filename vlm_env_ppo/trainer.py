@@ -42,6 +42,7 @@ from .checkpointing import (  # noqa: F401  (re-exported: they lived here)
     write_model_card,
 )
 from .config import VLMPPOConfig
+from .distributed import LockStepActor
 from .evaluation import EvalResult, evaluate_episodes, random_legal_action  # noqa: F401
 from .envs.adapter import HistoryWrapper, is_image_space
 from .faults import FaultHandlingMixin, NumericFaultError, nonfinite_samples  # noqa: F401  (re-exported)
@@ -469,6 +470,8 @@ class VLMPPOTrainer(ActingMixin, FaultHandlingMixin, CheckpointingMixin, BaseTra
         opt_steps = args.num_updates * args.optimizer_steps_per_update
         self.create_optimizer_and_scheduler(num_training_steps=opt_steps)
         self.model_wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if self.is_deepspeed_enabled:
+            self.deepspeed = self.model_wrapped  # what Trainer's `save_model` and checkpoints save through
         if self.accelerator.num_processes > 1:
             # Identical weights came from one seed; sampling must not be identical too, or processes that see the same
             # frame write the same completion (TRL's GRPOTrainer seeds per process likewise). Resuming restores these.
@@ -540,10 +543,10 @@ class VLMPPOTrainer(ActingMixin, FaultHandlingMixin, CheckpointingMixin, BaseTra
         returns ``eval/success_rate``, ``eval/episode_return``, ``eval/episode_length``, ``eval/invalid_action_rate``.
         The training envs and the global RNG states (python, numpy, torch, CUDA) are left as they were.
 
-        With several processes and replicated weights (DDP), each process plays its share of the episodes
-        (``k ≡ rank mod world size``) and the results are merged, so every process returns the same metrics for the
-        same episodes as one process would (greedy). Under ZeRO-3 / FSDP every generation is a collective, so every
-        process plays all the episodes."""
+        With several processes each plays its share of the episodes (``k ≡ rank mod world size``) and the results
+        are merged, so every process returns the same metrics for the same episodes as one process would (greedy).
+        Under ZeRO-3 / FSDP every generation gathers weights, a collective: the processes act in lock-step
+        (`LockStepActor`), those whose episodes are done acting on a placeholder until all are."""
         args = self.args
         num_episodes = num_episodes or args.eval_episodes
         seed = args.eval_seed if seed is None else seed
@@ -551,15 +554,18 @@ class VLMPPOTrainer(ActingMixin, FaultHandlingMixin, CheckpointingMixin, BaseTra
         make_env = self.envs.env_fns[0] if hasattr(self.envs, "env_fns") else None
         if make_env is None:
             raise ValueError("evaluate() needs an env factory: pass the env as an id or a factory, not a VectorEnv.")
-        share = None
-        if self._shard_evaluation():
+        share = lockstep = None
+        if self.accelerator.num_processes > 1:
             share = range(self.accelerator.process_index, num_episodes, self.accelerator.num_processes)
+        act_batch = lambda obs, infos: self.act(obs, infos, greedy=greedy, score=False).parsed  # noqa: E731
+        if share is not None and self._sharded_weights():
+            act_batch = lockstep = LockStepActor(act_batch, self.accelerator, make_env, seed)
         # `evaluate_episodes` seeds every global RNG (`set_seed(seed)`): without the restore, every rollout after a
         # periodic evaluation would replay the same random streams.
         rng = rng_states()
         try:
             result = evaluate_episodes(
-                lambda obs, infos: self.act(obs, infos, greedy=greedy, score=False).parsed,
+                act_batch,
                 make_env,
                 num_episodes,
                 seed,
@@ -567,6 +573,8 @@ class VLMPPOTrainer(ActingMixin, FaultHandlingMixin, CheckpointingMixin, BaseTra
                 task=self.task,
                 episode_indices=share,
             )
+            if lockstep is not None:
+                lockstep.finish()
         finally:
             set_rng_states(rng)
         if share is not None:
@@ -577,15 +585,6 @@ class VLMPPOTrainer(ActingMixin, FaultHandlingMixin, CheckpointingMixin, BaseTra
         self.last_eval = result.metrics("eval")
         self.log(metrics)
         return metrics
-
-    def _shard_evaluation(self) -> bool:
-        """Whether processes can play different episodes: only when each holds whole weights (DDP), since sharded
-        weights (ZeRO-3, FSDP) make every generation a collective that all processes must join."""
-        if self.accelerator.num_processes == 1 or getattr(self, "is_fsdp_enabled", False):
-            return False
-        return self.accelerator.distributed_type not in (
-            DistributedType.DEEPSPEED, DistributedType.FSDP, DistributedType.XLA, DistributedType.MEGATRON_LM
-        )
 
     # ------------------------------------------------------------------ saving: `CheckpointingMixin` (checkpointing.py)
     # ------------------------------------------------------------------ faults: `FaultHandlingMixin` (faults.py)
