@@ -18,7 +18,7 @@ from unittest import mock
 import pytest
 from test_trainer import make_args
 
-from vlm_env_ppo import ParsedAction, VLMAgent, VLMPPOTrainer
+from vlm_env_ppo import ParsedAction, Task, VLMAgent, VLMPPOTrainer
 from vlm_env_ppo.cli import main
 from vlm_env_ppo.envs.adapter import adapted_factory
 from vlm_env_ppo.tasks import UnknownEnvError, UnknownTaskError
@@ -251,6 +251,15 @@ def test_hooks_that_return_the_wrong_type_get_clear_errors_or_are_counted(tiny_v
         trainer.collect_rollout()
     trainer.envs.close()
 
+    class ParserOnly(Task):  # its parser reads a format the built-in JSON grammar would not produce
+        def parse_action(self, completion, info=None):
+            return ParsedAction(None, False, None, "no_action_key")
+
+    task = ParserOnly("gym_cards/NumberLine-v0", ("-", "+"), "Move to the target.")
+    with pytest.raises(ValueError, match="ParserOnly overrides `parse_action` but not `answer_grammar`"):
+        VLMPPOTrainer(tiny_vlm_path("llava_next"), make_args(tmp_path, constrained_decoding=True, max_new_tokens=20),
+                      env="gym_cards/NumberLine-v0", task=task)
+
     class Blind(VLMPPOTrainer):
         def build_messages(self, observation, info):
             return [{"role": "user", "content": [{"type": "text", "text": "Which way: + or -?"}]}]
@@ -273,6 +282,10 @@ def test_small_things(tmp_path, monkeypatch, capsys):
     from vlm_env_ppo.cli import parse_train_args
 
     assert vlm_env_ppo.VLMAgent is agent_class and "VLMAgent" in vlm_env_ppo.__all__
+    agent = agent_class.__new__(agent_class)  # an agent trained on a factory records no env id (point 2)
+    agent.config = {"env_id": None}
+    with pytest.raises(UnknownEnvError, match="records no env id.*--env_id"):  # a CLI usage error, not a traceback
+        agent.env_factory()
     config = tmp_path / "typo.yaml"
     config.write_text(f"output_dir: {tmp_path}\nnum_envz: 2\n")
     with pytest.raises(ValueError, match=r"Unknown field\(s\) in the config file: 'num_envz' \(did you mean 'num_envs'"):

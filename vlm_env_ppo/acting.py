@@ -230,7 +230,9 @@ class ActingMixin:
         constraint = GrammarConstraint(
             tokenizer, output_vocab_size(policy), self.eos_token_ids, self.suppress_token_ids, args.max_new_tokens
         )
-        own_grammar = self.task is not None and type(self.task).answer_grammar is not Task.answer_grammar
+        own_grammar = type(self).answer_grammar is not ActingMixin.answer_grammar or (
+            self.task is not None and type(self.task).answer_grammar is not Task.answer_grammar
+        )
         if not self._default_parser and type(self).answer_grammar is ActingMixin.answer_grammar:
             logger.warning("constrained_decoding: `parse_action` is overridden but `answer_grammar` is not, so "
                            "completions are generated unconstrained. Override `answer_grammar` to constrain them.")

@@ -53,7 +53,7 @@ from .saved_agent import (  # noqa: F401
     load_value_head,
     read_agent_config,
 )
-from .tasks import Task, get_task  # noqa: F401  (get_task: re-exported)
+from .tasks import Task, UnknownEnvError, get_task  # noqa: F401  (get_task: re-exported)
 from .user_code import load_task
 
 
@@ -222,7 +222,10 @@ class VLMAgent:
             env = self.config.get("env_id")
             env_kwargs = {**(self.config.get("env_kwargs") or {}), **env_kwargs}
             if env is None:
-                raise ValueError("This agent was trained on an env given as a factory: pass `env=`.")
+                raise UnknownEnvError(
+                    "This agent records no env id (it was trained on an env given as a factory): pass `env=` (an id or "
+                    "a factory; `--env_id` on the command line), or train it with a registered env id."
+                )
         make = adapted_factory(env, **env_kwargs)
         length = int(self.config.get("history_length") or 0)
         if not length:

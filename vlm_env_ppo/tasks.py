@@ -65,6 +65,11 @@ class Task:
     ``info["history"]`` (`HistoryWrapper`) become earlier chat turns.
 
     Use `dataclasses.replace` to change one field of a built-in task, e.g. a different description.
+
+    For your own prompt and answer format, subclass it and override `build_messages`, `parse_action` and
+    `answer_grammar` (``examples/custom_env.py``). A saved agent records its task (the class's import path and these
+    fields, `vlm_env_ppo.user_code`); `VLMAgent.from_pretrained` builds it again, importing a class or function from
+    outside this package only with ``trust_remote_code=True``.
     """
 
     env_id: str
