@@ -120,7 +120,8 @@ class GoalGridTask(Task):
 
     def build_messages(self, observation, info: dict | None = None, action_only: bool = False) -> list[dict]:
         image = Image.fromarray(observation)
-        return [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": self.description}]}]
+        content = [{"type": "image", "image": image}, {"type": "text", "text": self.description}]
+        return [{"role": "user", "content": content}]
 
     def parse_action(self, completion: str, info: dict | None = None) -> ParsedAction:
         matches = list(MOVE_RE.finditer(completion)) if isinstance(completion, str) else []

@@ -58,7 +58,7 @@ class CliffTask(Task):
         return f'start: thoughts "\\\\nMove: " move\\nthoughts[max_tokens={room}]: /[a-z ]*/\\nmove: {moves}\\n'
 
 
-TASK = CliffTask("CliffWalking-v1", ACTIONS, "You walk from the bottom left to the bottom right without falling off the cliff.")
+TASK = CliffTask("CliffWalking-v1", ACTIONS, "Walk from the bottom left to the bottom right, not off the cliff.")
 '''
 
 
@@ -288,7 +288,8 @@ def test_small_things(tmp_path, monkeypatch, capsys):
         agent.env_factory()
     config = tmp_path / "typo.yaml"
     config.write_text(f"output_dir: {tmp_path}\nnum_envz: 2\n")
-    with pytest.raises(ValueError, match=r"Unknown field\(s\) in the config file: 'num_envz' \(did you mean 'num_envs'"):
+    typo = r"Unknown field\(s\) in the config file: 'num_envz' \(did you mean 'num_envs'"
+    with pytest.raises(ValueError, match=typo):
         parse_train_args(["--config", str(config)])
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))

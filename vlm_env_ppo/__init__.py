@@ -16,7 +16,9 @@ _LAZY = {
     "VLMAgent": "vlm_env_ppo.agent",
 }
 
-__all__ = ["ParsedAction", "Task", "VLMAgent", "VLMPPOConfig", "VLMPPOTrainer", "get_task", "parse_action", "register_task"]
+__all__ = [
+    "ParsedAction", "Task", "VLMAgent", "VLMPPOConfig", "VLMPPOTrainer", "get_task", "parse_action", "register_task"
+]
 
 
 def __getattr__(name):

@@ -266,8 +266,8 @@ class ActingMixin:
             except Exception as err:  # noqa: BLE001 - a bug in a user hook or grammar must not lose the run
                 if not getattr(self, "_grammar_compiled", False):  # never once compiled: a bug, not a bad step
                     raise ValueError(
-                        f"constrained_decoding: `answer_grammar` raised or returned a grammar llguidance cannot compile "
-                        f"on the first step ({type(err).__name__}: {err}). Fix the grammar (or return None from "
+                        "constrained_decoding: `answer_grammar` raised or returned a grammar llguidance cannot "
+                        f"compile on the first step ({type(err).__name__}: {err}). Fix the grammar (or return None from "
                         "`answer_grammar` to leave steps unconstrained)."
                     ) from err
                 grammar = None

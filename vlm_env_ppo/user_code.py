@@ -87,9 +87,10 @@ def import_code(path: str, trust_remote_code: bool, what: str = "task"):
     try:
         return _resolve(module, qualname)
     except Exception as err:  # noqa: BLE001 - any failure to import becomes the one-line error
+        reason = (str(err).strip().splitlines() or [""])[0]
         raise UntrustedCodeError(
-            f"This agent's {what} is user code, {path}, which cannot be imported ({type(err).__name__}: {err}). Install "
-            f"the package that provides {module!r} or put its folder on PYTHONPATH, or pass your own `task=`."
+            f"This agent's {what} is user code, {path}, which cannot be imported ({type(err).__name__}: {reason}). "
+            f"Install the package that provides {module!r} or put its folder on PYTHONPATH, or pass your own `task=`."
         ) from err
 
 
