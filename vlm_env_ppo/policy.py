@@ -9,6 +9,7 @@ head scored as one module (`PolicyAndValue`: per-token log-probs, entropy, value
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -64,9 +65,24 @@ def fill_image_placeholders(messages: list[dict], observation, info: dict | None
     oldest first), then the current observation. Parts that carry their image (``{"type": "image", "image": ...}``)
     are left as they are; messages without placeholders come back unchanged.
 
+    The messages are checked first (`check_messages`); an image observation with no image in the messages is
+    warned about (once per call site): the agent would never see its frames.
+
     Raises:
+        TypeError: the hook did not return a list of chat messages.
         ValueError: the number of placeholders is not the number of frames this step has.
     """
+    check_messages(messages)
+    if to_pil_image(observation) is not None and not any(
+        isinstance(part, dict) and part.get("type") == "image"
+        for m in messages if not isinstance(m.get("content"), str) for part in m.get("content") or ()
+    ):
+        warnings.warn(
+            "`build_messages` put no image into the messages although the observation is an image: the agent never "
+            "sees its frames. Add {'type': 'image', 'image': frame} (or a {'type': 'image'} placeholder) to the "
+            "content, unless the text alone is meant to carry the observation.",
+            stacklevel=2,
+        )
     placeholders = sum(
         1
         for m in messages
@@ -104,6 +120,27 @@ def fill_image_placeholders(messages: list[dict], observation, info: dict | None
         ]
         filled.append({**m, "content": content})
     return filled
+
+
+def check_messages(messages) -> None:
+    """Raise `TypeError`, naming the hook, unless ``messages`` is a list of chat messages: dicts with a ``"role"``
+    and a ``"content"`` that is a string or a list of dict parts (``{"type": "text", "text": ...}``, ...)."""
+    problem = None
+    if not isinstance(messages, list) or not messages:
+        problem = f"a {type(messages).__name__} {messages!r:.60}"
+    else:
+        for m in messages:
+            content = m.get("content") if isinstance(m, dict) else None
+            if not isinstance(m, dict) or "role" not in m or not (
+                isinstance(content, str) or (isinstance(content, list) and all(isinstance(p, dict) for p in content))
+            ):
+                problem = f"a message {m!r:.80}"
+                break
+    if problem is not None:
+        raise TypeError(
+            f"`build_messages` must return a non-empty list of chat messages, [{{'role': 'user', 'content': [{{'type': "
+            f"'image', 'image': frame}}, {{'type': 'text', 'text': prompt}}]}}], but returned {problem}."
+        )
 
 
 def _has_image(part: dict) -> bool:

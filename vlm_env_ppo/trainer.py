@@ -75,7 +75,8 @@ from .saved_agent import (  # noqa: F401  (load_policy_weights: re-exported)
     load_value_head,
     read_agent_config,
 )
-from .tasks import Task, get_task
+from .tasks import Task, get_task  # noqa: F401  (get_task: re-exported)
+from .user_code import TrainerHooksTask, overridden_hooks, resolve_task
 
 # The trainer's logger; the mixins (acting, faults, checkpointing) log through it too, by its name.
 logger = logging.getLogger(__name__)
@@ -129,7 +130,8 @@ class VLMPPOTrainer(ActingMixin, FaultHandlingMixin, CheckpointingMixin, BaseTra
             raise TypeError(f"`args` must be a VLMPPOConfig, got {type(args).__name__}.")
         set_seed(args.seed)  # LoRA and value-head initialisation happen before Trainer.__init__ seeds
         self.env_id = env if isinstance(env, str) else None
-        self.task = task if task is not None else (get_task(env) if isinstance(env, str) else None)
+        self._hooks = overridden_hooks(type(self))  # the hooks this subclass overrides (the README's own-env way)
+        self.task = resolve_task(env, task, self._hooks)
 
         # Policy, processor, PEFT, value head. A saved agent folder continues training (adapter + value head).
         saved_agent = isinstance(model, str) and os.path.isfile(os.path.join(model, AGENT_CONFIG))
@@ -195,7 +197,9 @@ class VLMPPOTrainer(ActingMixin, FaultHandlingMixin, CheckpointingMixin, BaseTra
             processing_class, policy.config, keep_ids=self.eos_token_ids
         )
         wrapper = PolicyAndValue(policy, value_head, self.suppress_token_ids)
-        self._default_parser = type(self).parse_action is VLMPPOTrainer.parse_action
+        self._default_parser = "parse_action" not in self._hooks
+        # What the saved agent records as its task (`vlm_env_ppo.user_code`): the task, or these hooks around it.
+        self.agent_task = TrainerHooksTask.from_trainer(self) if self._hooks else self.task
         self.constraint = self._grammar_constraint(args, tokenizer, policy)  # None unless constrained_decoding
 
         super().__init__(
@@ -582,7 +586,10 @@ class VLMPPOTrainer(ActingMixin, FaultHandlingMixin, CheckpointingMixin, BaseTra
         metrics = result.metrics(metric_key_prefix)
         # The model card, `vlm_env_ppo.json` and the CLI read the last evaluation under the "eval/" keys, whatever
         # prefix this call logged it under.
-        self.last_eval = result.metrics("eval")
+        # When, and how, it was taken: a later summary or model card must not present it as the trained agent's.
+        self.last_eval = result.metrics("eval") | {
+            "eval/update": self.state.global_step, "eval/env_steps": self.env_steps, "eval/greedy": bool(greedy)
+        }
         self.log(metrics)
         return metrics
 
