@@ -352,6 +352,40 @@ GRID_NAV = Task(
 )
 PROBE_TASKS = (DELAYED_CREDIT, TRAP, MEMORY, GRID_NAV)
 
+
+# ------------------------------------------------------------------------------------- Sokoban (the field's yardstick)
+def sokoban_grid_text(info: dict) -> str:
+    """The Sokoban room as symbols (``info["grid_text"]``), for text-only play."""
+    grid = info.get("grid_text")
+    return f"The current room:\n{grid}" if isinstance(grid, str) and grid else ""
+
+
+# verl-agent's visual Sokoban prompt (agent_system/environments/prompts/sokoban.py), rewritten for this package's
+# frame colours and JSON answer.
+SOKOBAN = Task(
+    env_id="vlm_env_ppo/Sokoban-v0",
+    action_names=("up", "down", "left", "right"),
+    description=(
+        "You are playing Sokoban, seen from above. Push every box onto a target. You are the blue disc; boxes are "
+        "yellow squares (green once on a target), targets are red outlined squares, walls are brown, the floor is "
+        "dark. Each action moves you one square; walking into a box pushes it one square the same way if the square "
+        "behind it is free. You cannot pull a box, so do not push one into a corner or against a wall where it gets "
+        "stuck."
+    ),
+    thoughts_hint="first find yourself, the box and the target, then decide which move brings the box closer to "
+    "the target",
+)
+# The same game for a text-only model: the room as symbols in every prompt (the text-only systems' grid).
+SOKOBAN_TEXT = replace(
+    SOKOBAN,
+    description=(
+        "You are playing Sokoban. Push every box onto a target. The room is shown as a grid of symbols: # wall, _ "
+        "floor, O target, X box, √ box on target, P you, S you on a target. Each action moves you one square; walking "
+        "into a box pushes it one square the same way if the square behind it is free. You cannot pull a box."
+    ),
+    info_text=sokoban_grid_text,
+)
+
 # --------------------------------------------------------------------------------------- third-party gymnasium envs
 # Made with `vlm_env_ppo.envs.adapter.make_env`: rendered rgb_array frames, the mission text in the prompt.
 MINIGRID_ACTIONS = ("turn left", "turn right", "move forward", "pick up", "drop", "toggle", "done")
@@ -436,6 +470,7 @@ TASKS: dict[str, Task] = {
         BLACKJACK,
         COLOR_CHOICE,
         *PROBE_TASKS,
+        SOKOBAN,
         FROZEN_LAKE,
         TEXTWORLD,
         ALFWORLD,
