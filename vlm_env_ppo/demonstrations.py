@@ -39,6 +39,7 @@ import numpy as np
 from . import envs as _envs  # noqa: F401  (registers the environments)
 from .envs.formula import BLANK, DEFAULT_RULES, join_formula
 from .envs.probe import COLORS
+from .envs.frozen_lake import solve_frozen_lake
 from .envs.sokoban_levels import DIRECTION_NAMES, solve
 from .envs.solvers import blackjack_basic_strategy, number_line_oracle, solve_points
 from .tasks import Task, get_task, to_pil_image
@@ -149,6 +150,18 @@ def sokoban_expert(observation, info: dict, env: gym.Env) -> tuple[int, str]:
         f"starting with {first}."
 
 
+def frozen_lake_expert(observation, info: dict, env: gym.Env) -> tuple[int, str]:
+    """FrozenLake: the move that maximizes the chance of reaching the goal in the steps left (exact value iteration
+    on gymnasium's transitions, `vlm_env_ppo.envs.frozen_lake.solve_frozen_lake`), saying where the agent is."""
+    left = max(1, env.max_steps - int(info.get("steps", 0)))
+    action = int(solve_frozen_lake(env.desc, env.is_slippery, env.max_steps)[left, env.cell])
+    row, col = divmod(env.cell, env.size)
+    name = env.ACTION_NAMES[action]
+    slip = " The ice is slippery, so" if env.is_slippery else " So"
+    return action, (f"I am at row {row}, column {col}; the goal is at the bottom right.{slip} I move {name}, the "
+                    "safest way towards the goal.")
+
+
 def _join(items) -> str:
     items = [str(i) for i in items]
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
@@ -161,6 +174,7 @@ EXPERTS: dict[str, ExpertFn] = {
     "gym_cards/Blackjack-v0": blackjack_expert,
     "vlm_env_ppo/ColorChoice-v0": color_choice_expert,
     "vlm_env_ppo/Sokoban-v0": sokoban_expert,
+    "vlm_env_ppo/FrozenLake-v0": frozen_lake_expert,
 }
 
 

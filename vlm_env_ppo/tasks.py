@@ -424,6 +424,27 @@ FROZEN_LAKE = Task(
     thoughts_hint="first find the elf, the holes and the flag, then decide which direction is safe and closer",
 )
 
+# `vlm_env_ppo.envs.frozen_lake`: a new random map every episode, drawn by this package.
+RANDOM_FROZEN_LAKE = Task(
+    env_id="vlm_env_ppo/FrozenLake-v0",
+    action_names=("left", "down", "right", "up"),  # gymnasium's FrozenLake action order
+    description=(
+        "You are the red disc on a frozen lake seen from above, on a grid of squares. Walk to the green goal square "
+        "without stepping into a hole (the dark blue squares); pale blue squares are safe ice. Each action moves you "
+        "one square; on slippery ice you may slide sideways instead."
+    ),
+    thoughts_hint="first find yourself, the holes and the goal, then decide which direction is safe and closer",
+)
+# The same game for a text-only model: the map as RAGEN's symbols in every prompt.
+RANDOM_FROZEN_LAKE_TEXT = replace(
+    RANDOM_FROZEN_LAKE,
+    description=(
+        "You are on a frozen lake, shown as a grid of symbols: P you, _ ice, O hole, G goal. Walk to the goal without "
+        "stepping into a hole. Each action moves you one square; on slippery ice you may slide sideways instead."
+    ),
+    info_text=lambda info: f"The current map:\n{info['grid_text']}" if info.get("grid_text") else "",
+)
+
 def admissible_commands(info: dict) -> Sequence[str]:
     """The legal commands of a text game's step: ``info["admissible_commands"]`` (TextWorld, ALFWorld)."""
     return info.get("admissible_commands") or ()
@@ -472,6 +493,7 @@ TASKS: dict[str, Task] = {
         *PROBE_TASKS,
         SOKOBAN,
         FROZEN_LAKE,
+        RANDOM_FROZEN_LAKE,
         TEXTWORLD,
         ALFWORLD,
         *(minigrid_task(f"MiniGrid-{name}-v0") for name in ("Empty-5x5", "Empty-Random-5x5", "Empty-6x6",

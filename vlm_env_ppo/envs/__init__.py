@@ -12,6 +12,8 @@ Importing this package registers, with gymnasium:
   credit, discounting, memory through ``history_length``, sparse reward with truncation);
 - ``vlm_env_ppo/Sokoban-v0`` (`vlm_env_ppo.envs.sokoban.SokobanEnv`): Sokoban with the standard random generator and
   the published settings of verl-agent, VAGEN and RAGEN selectable by name (``rules=``);
+- ``vlm_env_ppo/FrozenLake-v0`` (`vlm_env_ppo.envs.frozen_lake.FrozenLakeEnv`): gymnasium's FrozenLake on a new random
+  map at every reset, with VAGEN's, RAGEN's and ROLL's map and slipperiness settings by name (``rules=``);
 - ``vlm_env_ppo/TextWorld-v0`` (`vlm_env_ppo.envs.textworld_env.TextWorldEnv`, needs the ``textworld`` extra; pass
   ``game_files=`` or ``games_dir=``) and ``vlm_env_ppo/ALFWorld-v0`` (`vlm_env_ppo.envs.alfworld_env.ALFWorldEnv`,
   needs the ``alfworld`` extra and its data): text games, observations and actions are strings.
@@ -39,6 +41,7 @@ from .number_line import NumberLineEnv
 from .points24 import Points24Env
 from .multistep_probes import DelayedCreditEnv, GridNavEnv, MemoryEnv, TrapEnv
 from .probe import ColorChoiceEnv
+from .frozen_lake import FrozenLakeEnv
 from .sokoban import SokobanEnv
 
 ENTRY_POINTS = {
@@ -52,6 +55,7 @@ ENTRY_POINTS = {
     "vlm_env_ppo/Memory-v0": "vlm_env_ppo.envs.multistep_probes:MemoryEnv",
     "vlm_env_ppo/GridNav-v0": "vlm_env_ppo.envs.multistep_probes:GridNavEnv",
     "vlm_env_ppo/Sokoban-v0": "vlm_env_ppo.envs.sokoban:SokobanEnv",
+    "vlm_env_ppo/FrozenLake-v0": "vlm_env_ppo.envs.frozen_lake:FrozenLakeEnv",
     # Text games: their modules import textworld/alfworld only when an env is made.
     "vlm_env_ppo/TextWorld-v0": "vlm_env_ppo.envs.textworld_env:TextWorldEnv",
     "vlm_env_ppo/ALFWorld-v0": "vlm_env_ppo.envs.alfworld_env:ALFWorldEnv",
@@ -69,6 +73,7 @@ ACTION_NAMES: dict[str, tuple[str, ...]] = {
     "vlm_env_ppo/Memory-v0": MemoryEnv.ACTION_NAMES,
     "vlm_env_ppo/GridNav-v0": GridNavEnv.ACTION_NAMES,
     "vlm_env_ppo/Sokoban-v0": SokobanEnv.ACTION_NAMES,
+    "vlm_env_ppo/FrozenLake-v0": FrozenLakeEnv.ACTION_NAMES,
 }
 
 
@@ -88,6 +93,7 @@ __all__ = [
     "ColorChoiceEnv",
     "DelayedCreditEnv",
     "EZPointsEnv",
+    "FrozenLakeEnv",
     "GridNavEnv",
     "MemoryEnv",
     "NumberLineEnv",
