@@ -193,3 +193,37 @@ def test_bad_arguments_are_clear_errors(kwargs, message):
         SokobanEnv(**kwargs)
     with pytest.raises(ValueError, match="one player"):
         parse_grid("#####\n#_XO#\n#####")
+
+
+def test_probe_corridor_chance_blind_optimum_and_its_control():
+    """SokobanProbe-v0: exactly the two corridors #OXP# and #PXO#, one step; random play 1/4, a policy blind to the
+    room 1/2, the right push 1; the control's frame (`show_level=False`) is the same for both levels."""
+    from vlm_env_ppo.envs.sokoban import SokobanProbeEnv
+    from vlm_env_ppo.probes import PROBE_SETTINGS
+    from vlm_env_ppo.tasks import SOKOBAN_PROBE
+
+    env = gym.make("vlm_env_ppo/SokobanProbe-v0")
+    check_env(env.unwrapped, skip_render_check=False)
+    assert get_task("vlm_env_ppo/SokobanProbe-v0") is SOKOBAN_PROBE and "## Version History" in SokobanProbeEnv.__doc__
+    rows, wins, always_left = Counter(), [], []
+    rng = np.random.default_rng(0)
+    for seed in range(400):
+        _, info = env.reset(seed=seed)
+        row = info["grid_text"].splitlines()[1]
+        rows[row] += 1
+        right_push = LEFT if row == "#OXP#" else RIGHT
+        _, reward, terminated, truncated, end = env.step(right_push)
+        assert terminated and not truncated and end["is_success"] and reward == pytest.approx(10.9)
+        env.reset(seed=seed)
+        wins.append(env.step(int(rng.integers(4)))[4]["is_success"])
+        env.reset(seed=seed)
+        always_left.append(env.step(LEFT)[4]["is_success"])
+    assert set(rows) == {"#OXP#", "#PXO#"} and min(rows.values()) > 150
+    assert abs(np.mean(wins) - 0.25) < 0.06 and abs(np.mean(always_left) - 0.5) < 0.07
+    assert PROBE_SETTINGS["vlm_env_ppo/SokobanProbe-v0"]["chance"] == 0.25
+    blind = SokobanProbeEnv(show_level=False)
+    frames = {blind.reset(seed=s)[1]["grid_text"]: blind.render() for s in range(20)}
+    assert len(frames) == 2 and np.array_equal(*frames.values()), "the control must not see which level it is in"
+    seen = SokobanProbeEnv()
+    visible = {seen.reset(seed=s)[1]["grid_text"]: seen.render() for s in range(20)}
+    assert len(visible) == 2 and not np.array_equal(*visible.values()), "the learner's frames tell the levels apart"

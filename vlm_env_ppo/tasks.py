@@ -375,6 +375,12 @@ SOKOBAN = Task(
     thoughts_hint="first find yourself, the box and the target, then decide which move brings the box closer to "
     "the target",
 )
+# The learning probe (`vlm_env_ppo.envs.sokoban.SokobanProbeEnv`): the same game, a one-line description.
+SOKOBAN_PROBE = replace(
+    SOKOBAN,
+    env_id="vlm_env_ppo/SokobanProbe-v0",
+    description="Sokoban: push the yellow box onto the red target; you are the blue disc.",
+)
 # The same game for a text-only model: the room as symbols in every prompt (the text-only systems' grid).
 SOKOBAN_TEXT = replace(
     SOKOBAN,
@@ -492,6 +498,7 @@ TASKS: dict[str, Task] = {
         COLOR_CHOICE,
         *PROBE_TASKS,
         SOKOBAN,
+        SOKOBAN_PROBE,
         FROZEN_LAKE,
         RANDOM_FROZEN_LAKE,
         TEXTWORLD,

@@ -10,7 +10,7 @@ import numpy as np
 from gymnasium import spaces
 from PIL import Image, ImageDraw
 
-from .sokoban_levels import DIRECTION_NAMES, Level, generate_level, grid_text, move
+from .sokoban_levels import DIRECTION_NAMES, Level, generate_level, grid_text, move, solve
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,8 @@ class SokobanEnv(gym.Env):
       ``"ragen"``, ``"success-only"``) or a `SokobanRules`.
     - ``dim_room``, ``num_boxes``, ``search_depth``, ``max_steps``: override the rules' values.
     - ``tile_size`` (default 16, gym-sokoban's rgb_array tiles): pixels per cell.
+    - ``min_solution_length`` (default 1): redraw levels whose shortest solution is shorter (VAGEN's configs carry a
+      ``min_actions_to_succeed``; whether it means this was not verified).
     - ``render_mode``: only ``"rgb_array"``.
 
     ``reset(options={"level": Level})`` starts from a given level (`sokoban_levels.parse_grid` builds one from text).
@@ -144,7 +146,7 @@ class SokobanEnv(gym.Env):
     def __init__(
         self, rules: str | SokobanRules = "verl-agent", dim_room: tuple[int, int] | None = None,
         num_boxes: int | None = None, search_depth: int | None = None, max_steps: int | None = None,
-        tile_size: int = 16, render_mode: str | None = "rgb_array",
+        tile_size: int = 16, min_solution_length: int = 1, render_mode: str | None = "rgb_array",
     ):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"Unsupported render_mode {render_mode!r}; the only render mode is 'rgb_array'.")
@@ -166,6 +168,9 @@ class SokobanEnv(gym.Env):
             )
         if rules.reward not in ("native", "success"):
             raise ValueError(f"SokobanRules.reward must be 'native' or 'success', got {rules.reward!r}.")
+        if int(min_solution_length) < 1:
+            raise ValueError(f"`min_solution_length` must be >= 1, got {min_solution_length}.")
+        self.min_solution_length = int(min_solution_length)
         self.tile_size = int(tile_size)
         self.render_mode = render_mode
         self.action_space = spaces.Discrete(4)
@@ -182,9 +187,20 @@ class SokobanEnv(gym.Env):
                 raise ValueError(f"`options['level']` must be a Level of shape {self.dim_room}, got {level!r}.")
             self.level = level
         else:
-            self.level = generate_level(self.np_random, self.dim_room, self.num_boxes, self.search_depth)
+            self.level = self._generate()
         self._steps = 0
         return self.render(), self._info()
+
+    def _generate(self, max_tries: int = 1000) -> Level:
+        """A generated level whose shortest solution takes at least ``min_solution_length`` moves."""
+        for _ in range(max_tries):
+            level = generate_level(self.np_random, self.dim_room, self.num_boxes, self.search_depth)
+            if self.min_solution_length <= 1 or len(solve(level) or ()) >= self.min_solution_length:
+                return level
+        raise RuntimeError(
+            f"No level of {max_tries} generated needs {self.min_solution_length} moves in a {self.dim_room} room: "
+            "lower `min_solution_length` or use a larger room."
+        )
 
     def step(self, action):
         if self.level is None:
@@ -217,3 +233,51 @@ class SokobanEnv(gym.Env):
         if self.level is None:
             return np.zeros(self.observation_space.shape, np.uint8)
         return draw_level(self.level, self.tile_size)
+
+
+class SokobanProbeEnv(SokobanEnv):
+    """
+    ## Description
+    The learning probe of Sokoban for tiny models (`vlm_env_ppo.probes`): a one-row corridor, ``#OXP#`` or ``#PXO#``
+    (the standard generator in a 3x5 room makes exactly these two levels), one push to solve, one step to do it.
+    The direction of the push is only in the frame: where the player stands relative to the box. A tiny vision tower
+    learns it (90% after about 32 PPO updates; `benchmarks/learning.py`), where the multi-push levels of wider rooms
+    stayed near what a policy blind to the room gets (0.6-0.7 after 40 updates). ``show_level=False`` draws the empty
+    corridor instead, the control that must fail: the same task with nothing to see.
+
+    ## Action Space
+    `Discrete(4)`: 0 ``up``, 1 ``down``, 2 ``left``, 3 ``right``; ``up``, ``down`` and the move into the end wall do
+    nothing.
+
+    ## Observation Space
+    `Box(0, 255, (48, 80, 3), uint8)`: the room at 16 pixels per cell (walls, floor, box, target, player as in
+    `SokobanEnv`).
+
+    ## Rewards
+    The native rules: +10.9 for the push (−0.1 step, +1 box on target, +10 solved), −0.1 otherwise.
+
+    ## Episode End
+    Terminates after one step, the one move of the game (``info["is_success"]``: solved). Uniformly random play succeeds 1/4 of the time; the best policy
+    blind to the room (always ``left``, or always ``right``) 1/2; the optimum is 1.
+
+    ## Arguments
+    ``show_level`` (default True): False draws the corridor without player, box and target (the control).
+    ``render_mode``: only ``"rgb_array"``.
+
+    ## Version History
+    - v0: initial version.
+    """
+
+    def __init__(self, show_level: bool = True, render_mode: str | None = "rgb_array"):
+        super().__init__(dim_room=(3, 5), max_steps=1, render_mode=render_mode)
+        self.show_level = bool(show_level)
+
+    def step(self, action):
+        frame, reward, _, _, info = super().step(action)
+        return frame, reward, True, False, info  # one move per episode: the game ends, it is not cut short
+
+    def render(self):
+        if self.level is None or self.show_level:
+            return super().render()
+        empty = Level(self.level.walls, (), (), (-1, -1))  # walls and floor only
+        return draw_level(empty, self.tile_size)
