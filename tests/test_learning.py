@@ -84,6 +84,17 @@ def test_gridnav_without_discounting_cannot_learn_the_first_moves(tiny_vlm_path,
     assert control.after["eval/success_rate"] <= PROBE_SETTINGS[GRID_NAV]["chance"] + 0.15
 
 
+SOKOBAN_PROBE = "vlm_env_ppo/SokobanProbe-v0"
+
+
+def test_sokoban_probe_learns_where_to_push(tiny_vlm_path, tmp_path):
+    """Sokoban's one-push corridor (#OXP# or #PXO#): the push's direction is only in the frame, and the learner goes
+    from chance (1/4) to 90%. The control sees the empty corridor (`show_level=False`): with nothing to tell left
+    from right, it can do no better than a blind policy (1/2)."""
+    _, control = learner_and_control(tiny_vlm_path, tmp_path, SOKOBAN_PROBE)
+    assert control.after["eval/success_rate"] <= 0.65
+
+
 def long_run(model, tmp_path, name, control, updates):
     trainer = probe_trainer(
         model, COLOR_CHOICE, str(tmp_path / name), control=control, num_updates=updates, seed=2, logging_steps=1
