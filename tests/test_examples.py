@@ -205,7 +205,7 @@ def test_example_configs_parse_to_the_papers_settings(config):
 
 
 def test_sokoban_example_runs_the_verl_agent_config_with_the_text_grid(tiny_vlm_path, tmp_path):
-    """examples/sokoban.py with no ``--config``: verl-agent's YAML (its rules and penalty come only from there), the
+    """examples/sokoban.py with no ``--config``: verl-agent's YAML (its rules and temperature come only from there), the
     text-grid task (the room as symbols in the prompt), one PPO update under constrained decoding, the agent saved."""
     out = tmp_path / "agent"
     stdout = run_example(
@@ -214,5 +214,6 @@ def test_sokoban_example_runs_the_verl_agent_config_with_the_text_grid(tiny_vlm_
     )  # fmt: skip
     assert "vlm-env-ppo: 4 env steps on vlm_env_ppo/Sokoban-v0." in stdout
     saved = json.loads((out / "vlm_env_ppo.json").read_text())
-    assert saved["env_kwargs"] == {"rules": "verl-agent"} and saved["invalid_action_penalty"] == -0.1
+    assert saved["env_kwargs"] == {"rules": "verl-agent"} and saved["temperature"] == 1.0  # YAML
+    assert saved["constrained_decoding"] and saved["max_new_tokens"] == 40  # YAML, flags
     assert saved["last_eval"]["eval/invalid_action_rate"] == 0.0, "constrained decoding: every answer legal"
