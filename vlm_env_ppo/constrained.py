@@ -122,6 +122,9 @@ class AnswerBudget:
                 return ("tail", state[1] + bytes(data[i:]))
         return state
 
+    def advance(self, state: tuple, token: int) -> tuple:
+        return self.feed(state, self.constraint.token_table().token_bytes[token])
+
     def cost(self, state: tuple) -> float:
         """Tokens of one way to finish from ``state``, EOS included (inf for a dead state)."""
         phase = state[0]
@@ -154,6 +157,31 @@ class AnswerBudget:
         for token in np.flatnonzero(allowed):
             keep[token] = self.cost(self.feed(state, table.token_bytes[token])) <= left - 1
         row[:] = np.packbits(keep, bitorder="little").view(np.int32)
+
+
+class CanonicalAnswers:
+    """Action-only answers (a finite set): only the tokenizer's own encoding of each is allowed (a trie of token paths,
+    intersected with the text grammar's mask), so the answer's length is known and a fresh model has no other
+    tokenizations of one answer to choose between, which would only add noise to its gradient. Written as a filter,
+    not as ``<[id]>`` token literals: llguidance forces a lone token literal by its bytes, which fails where two tokens
+    share them (SentencePiece's byte-fallback ``<0x7D>`` and ``}``)."""
+
+    START: tuple[int, ...] = ()
+
+    def __init__(self, constraint: GrammarConstraint, paths: Sequence[Sequence[int]]):
+        self.constraint = constraint
+        self.next: dict[tuple[int, ...], set[int]] = {}
+        for path in paths:
+            for k in range(len(path) + 1):
+                self.next.setdefault(tuple(path[:k]), set()).update([path[k]] if k < len(path) else constraint.eos_ids)
+
+    def advance(self, state: tuple[int, ...], token: int) -> tuple[int, ...]:
+        return (*state, int(token))
+
+    def restrict(self, row: np.ndarray, state: tuple[int, ...], left: int) -> None:
+        keep = np.zeros(self.constraint.words * 32, dtype=bool)
+        keep[sorted(self.next.get(state, ()))] = True
+        row &= np.packbits(keep, bitorder="little").view(np.int32)
 
 
 class TokenTable:
@@ -194,16 +222,16 @@ _MAX_PENDING = 5
 class GrammarWalk:
     """One completion's way through its grammar: the allowed tokens at each position (`next_mask`) and the token
     taken (`advance`). ``matcher`` None: unconstrained (every token that is not suppressed). ``budget``: the built-in
-    answer grammar's bound on the completion's length (`AnswerBudget`)."""
+    answer grammar's bound on the completion's length (`AnswerBudget`, `CanonicalAnswers`)."""
 
     def __init__(self, constraint: GrammarConstraint, matcher, counted: bool = True,
-                 budget: AnswerBudget | None = None):
+                 budget: AnswerBudget | CanonicalAnswers | None = None):
         self.constraint = constraint
         self.matcher = matcher
         self.counted = counted  # generation's walks count a fallback; replays of the same completion do not
         self.finished = False  # EOS taken: the rest of the row is padding
         self.fell_back = False
-        self.budget, self.state, self.taken = budget, AnswerBudget.START, 0
+        self.budget, self.state, self.taken = budget, None if budget is None else budget.START, 0
 
     def next_mask(self, out: np.ndarray, index: int) -> None:
         """Write the packed mask of the allowed tokens (int32 words, bit ``v % 32`` of word ``v // 32``) into row
@@ -232,7 +260,7 @@ class GrammarWalk:
             if not self.matcher.consume_token(int(token)):
                 self._fall_back(self.matcher.get_error())
             elif self.budget is not None:
-                self.state = self.budget.feed(self.state, self.constraint.token_table().token_bytes[token])
+                self.state = self.budget.advance(self.state, token)
 
     def _fall_back(self, why: str) -> None:
         if not self.fell_back and self.counted:
@@ -347,16 +375,35 @@ class GrammarConstraint:
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019
     def needed_tokens(self, action: str, action_only: bool) -> int:
-        """Tokens the answer with ``action`` and empty thoughts needs, EOS included (greedy longest match of its
-        text): the smallest ``max_new_tokens`` under which the answer grammar offers this action."""
+        """Tokens the answer with ``action`` and empty thoughts needs, EOS included: the smallest ``max_new_tokens``
+        under which the answer grammar offers this action. Action-only: the tokenizer's own encoding of the answer
+        (`canonical_answer`); otherwise the greedy longest match of its text (`AnswerBudget`'s way to finish)."""
+        canonical = self.canonical_answer(action) if action_only else None
+        if canonical is not None:
+            return len(canonical) + 1
         text = (ACTION_ONLY_PREFIX if action_only else COT_PREFIX + COT_MIDDLE) + json_inner(action) + SUFFIX
         return self.greedy_len(text.encode()) + 1
 
+    @functools.lru_cache(maxsize=4096)  # noqa: B019
+    def canonical_answer(self, action: str) -> tuple[int, ...] | None:
+        """The tokenizer's own encoding of the action-only answer ``{"action": "<action>"}``; None where it does not
+        spell exactly that answer (a leading space aside) or uses a token generation never samples."""
+        text = ACTION_ONLY_PREFIX + json_inner(action) + SUFFIX
+        ids = tuple(self.tokenizer.encode(text, add_special_tokens=False))
+        spelled = self.lltok.decode_bytes(list(ids))
+        if spelled not in (text.encode(), b" " + text.encode()) or self._never.intersection(ids):
+            return None
+        return ids
+
     def answer_grammar(self, legal_actions: Sequence[str], action_only: bool) -> str | None:
-        """The Lark grammar (llguidance dialect) of the task's JSON answer for one step, written as text: an optional
-        leading space (SentencePiece), ``{"thoughts": "<JSON string>", "action": "<one legal action>"}`` (or
-        ``{"action": ...}``), then EOS. Every tokenization of such an answer is allowed, the tokenizer's own
-        included; `AnswerBudget` keeps each one within ``max_new_tokens`` with its EOS.
+        """The Lark grammar (llguidance dialect) of the task's JSON answer for one step, then EOS.
+
+        With thoughts, it is written as text: an optional leading space (SentencePiece), then ``{"thoughts": "<JSON
+        string>", "action": "<one legal action>"}``. Every tokenization of such an answer is allowed, the
+        tokenizer's own included; `AnswerBudget` keeps each one within ``max_new_tokens`` with its EOS. Action-only
+        answers (``{"action": ...}``) are a finite set: the grammar is the tokenizer's own encoding of each
+        (`canonical_answer`), so a fresh model is not given other tokenizations of the same answer to choose between
+        (text, as with thoughts, where an encoding does not spell its answer).
 
         Legal actions whose answer does not fit even with empty thoughts (`needed_tokens`) are left out; None when
         none fits or there is no legal action (the step is then unconstrained). Each of these cases is counted
@@ -385,11 +432,15 @@ class GrammarConstraint:
         fitting = [a for a, n in needed.items() if n <= self.max_new_tokens]
         if not fitting:
             return None, needed
+        canonical = [self.canonical_answer(a) for a in fitting] if action_only else [None]
         literal = functools.partial(json.dumps, ensure_ascii=False)
-        spec = json.dumps({"action_only": action_only, "actions": fitting}, ensure_ascii=True)
+        if None not in canonical:  # a finite set of answers: exactly their own encodings (`CanonicalAnswers`)
+            spec = json.dumps({"canonical": sorted(set(canonical))})
+        else:
+            spec = json.dumps({"action_only": action_only, "actions": fitting}, ensure_ascii=True)
         head = [literal(ACTION_ONLY_PREFIX)] if action_only else [literal(COT_PREFIX), "thoughts", literal(COT_MIDDLE)]
         lines = [
-            f"{_ANSWER_MARK}{spec}",  # `walk` reads the budget's action set back from the grammar's text
+            f"{_ANSWER_MARK}{spec}",  # `walk` reads its `AnswerBudget` / `CanonicalAnswers` back from the text
             f'start: " "? {" ".join(head)} action {literal(SUFFIX)}',
             "action: " + "\n| ".join(literal(json_inner(a)) for a in fitting),
         ]
@@ -398,11 +449,13 @@ class GrammarConstraint:
         return "\n".join(lines) + "\n", needed
 
     @functools.lru_cache(maxsize=1024)  # noqa: B019
-    def _budget(self, grammar: str) -> AnswerBudget | None:
-        """The `AnswerBudget` of a built-in answer grammar (read from its first line); None for any other grammar."""
+    def _budget(self, grammar: str) -> AnswerBudget | CanonicalAnswers | None:
+        """The length bound of a built-in answer grammar (read from its first line); None for any other grammar."""
         if not grammar.startswith(_ANSWER_MARK):
             return None
         spec = json.loads(grammar[len(_ANSWER_MARK) : grammar.index("\n")])
+        if "canonical" in spec:
+            return CanonicalAnswers(self, spec["canonical"])
         return AnswerBudget(self, spec["actions"], spec["action_only"])
 
     # ------------------------------------------------------------------ any grammar
