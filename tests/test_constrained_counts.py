@@ -97,13 +97,20 @@ def test_grammar_counters_are_gathered_checkpointed_and_apart_from_evaluation(ti
         t.envs.close()
 
 
-def test_grammar_counters_are_summed_over_processes(tiny_vlm_path, tmp_path, monkeypatch):
-    """Two processes with the same counts (an all-gather that returns this process's tensor twice) log twice them."""
+def constrained_rollout(trainer_class, model_path, tmp_path, env_id):
+    """A constrained trainer (12 new tokens) and one rollout of it, with advantages."""
     args = make_args(tmp_path, constrained_decoding=True, max_new_tokens=12)
-    trainer = FailingGrammar(tiny_vlm_path("llava_next"), args, env="gym_cards/NumberLine-v0")
+    trainer = trainer_class(model_path, args, env=env_id)
     start_rollout(trainer)
     batch = trainer.collect_rollout()
     trainer.compute_advantages(batch)
+    return trainer, batch
+
+
+def test_grammar_counters_are_summed_over_processes(tiny_vlm_path, tmp_path, monkeypatch):
+    """Two processes with the same counts (an all-gather that returns this process's tensor twice) log twice them."""
+    trainer, batch = constrained_rollout(FailingGrammar, tiny_vlm_path("llava_next"), tmp_path,
+                                         "gym_cards/NumberLine-v0")
     monkeypatch.setattr(trainer.accelerator, "gather", lambda t: torch.cat([t, t]))
     metrics = trainer._rollout_metrics(batch)
     assert metrics["generation/grammar_errors"] == 2 * 4
@@ -120,11 +127,7 @@ def test_a_token_outside_its_mask_raises_instead_of_a_finite_wrong_logprob():
 
 
 def test_an_update_whose_replay_diverged_from_generation_raises(tiny_vlm_path, tmp_path, monkeypatch):
-    args = make_args(tmp_path, constrained_decoding=True, max_new_tokens=12)
-    trainer = VLMPPOTrainer(tiny_vlm_path("llava_next"), args, env="gym_cards/Blackjack-v0")
-    start_rollout(trainer)
-    batch = trainer.collect_rollout()
-    trainer.compute_advantages(batch)
+    trainer, batch = constrained_rollout(VLMPPOTrainer, tiny_vlm_path("llava_next"), tmp_path, "gym_cards/Blackjack-v0")
     replay = trainer.constraint.replay
 
     def diverged(grammars, ids, mask):  # each position gets the next position's mask
