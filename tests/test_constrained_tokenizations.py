@@ -137,8 +137,7 @@ def test_real_vocabularies_own_encodings_are_accepted_and_scored_exactly(name, r
     check_tokenizer(real_tokenizers(name), answers=150, logprob_checks=1)
 
 
-@pytest.mark.parametrize("name, budget", [("tiny", 14), ("tiny", 30), ("mistral_v1", 14), ("mistral_v1", 30),
-                                          ("qwen2_5", 16)])
+@pytest.mark.parametrize("name, budget", [("tiny", 14), ("tiny", 30), ("mistral_v1", 14), ("mistral_v1", 30)])
 def test_random_walks_fit_the_budget_whatever_the_tokenization(name, budget, real_tokenizers):
     """Uniformly random allowed tokens, which take the fixed parts in many small pieces: every walk ends with EOS
     within the budget, parses to a legal action, and the budget never empties a mask (no fallback)."""
@@ -149,7 +148,7 @@ def test_random_walks_fit_the_budget_whatever_the_tokenization(name, budget, rea
     row = np.empty((1, constraint.words), dtype=np.int32)
     for legal in (NUMBER_LINE.action_names, POINTS_24.action_names, COMMANDS):
         grammar = constraint.answer_grammar(legal, action_only=False)
-        for _ in range(8 if vocab < 50_000 else 2):
+        for _ in range(8):
             walk, ids = constraint.walk(grammar), []
             while not walk.finished:
                 walk.next_mask(row, 0)
