@@ -9,14 +9,14 @@ python benchmarks/bench_constrained.py --tokenizers tiny mistral_v1 tekken qwen2
 
 Both arms are the same trainer on the shared tiny LLaVA-NeXT, env (NumberLine), seed and chain-of-thought prompt,
 8 envs × 4 steps per rollout. The unconstrained arm's completions are forced to ``max_new_tokens`` tokens (EOS
-suppressed); the constrained arm's end where the grammar puts EOS, which for a random model is within a few tokens of
-``max_new_tokens`` (its thoughts run to their token bound), so the generated tokens per second are reported too. The
+suppressed); the constrained arm's end where the grammar puts EOS, which for a random model is where it draws a token
+that closes the thoughts or where the budget closes them, so the generated tokens per second are reported too. The
 constrained rollout pays for computing each token's grammar mask during generation and replaying the masks for the
 scoring forward; the constrained update for replaying them per micro-batch and the masked log-softmax.
 
 ``--tokenizers`` adds what replaying costs at real vocabulary sizes (Mistral v1 32k, Tekken 131k, Qwen2.5 152k): a
 chain-of-thought answer grammar with ``max_new_tokens=256`` over 12 text commands, random completions drawn from its
-masks (uniform over the allowed tokens: the thoughts run to their bound), and the time `GrammarConstraint.replay`
+masks (uniform over the allowed tokens), and the time `GrammarConstraint.replay`
 takes per completion, against the memory that storing the masks in the buffer instead would take.
 """
 

@@ -19,7 +19,7 @@ from transformers import AutoProcessor
 from vlm_env_ppo import VLMPPOConfig, VLMPPOTrainer
 from vlm_env_ppo.actions import ParsedAction, parse_action
 from vlm_env_ppo.agent import VLMAgent
-from vlm_env_ppo.constrained import GrammarConstraint, masked_logprobs, unpack_bitmask
+from vlm_env_ppo.constrained import AnswerBudget, GrammarConstraint, masked_logprobs, unpack_bitmask
 from vlm_env_ppo.models.value_head import concat_prompt_completion
 from vlm_env_ppo.tasks import ALFWORLD, BLACKJACK, COLOR_CHOICE, EZ_POINTS, FROZEN_LAKE, NUMBER_LINE, POINTS_24, Task
 
@@ -84,7 +84,7 @@ def test_random_walks_through_the_answer_grammar_always_parse_and_fit(tiny_token
     project's parser reads back exactly one legal action."""
     constraint = GrammarConstraint(tiny_tokenizer, 852, [EOS], [PAD], max_new_tokens=budget)
     grammar = constraint.answer_grammar(legal, action_only)
-    fitting = [a for a in legal if len(constraint.action_tokens(a)) <= constraint.action_room(action_only)]
+    fitting = [a for a in legal if constraint.needed_tokens(a, action_only) <= budget]
     if not fitting:
         assert grammar is None
         return
@@ -105,7 +105,7 @@ def test_random_walks_through_the_answer_grammar_always_parse_and_fit(tiny_token
         assert parsed.valid, tiny_tokenizer.decode(ids)
         chosen.add(legal[parsed.action])
     assert chosen <= set(fitting) and len(chosen) >= min(len(fitting), 2)
-    assert constraint.fallbacks == 0
+    assert constraint.counts["fallbacks"] == 0
 
 
 # ------------------------------------------------------------------------------------------------ exactness in PPO
@@ -113,7 +113,8 @@ def test_constrained_rollout_scores_exactly_ratio_one_and_zero_kl(tiny_vlm_path,
     """Fresh LoRA policy, CoT prompt, KL penalty on: the first rollout is all legal actions, its KL to the
     adapter-disabled reference is exactly 0, the update path's ratio is 1, and each completion's log-prob equals a
     float64 hand computation: an independent llguidance matcher walked over the completion, the softmax at the
-    temperature restricted to its allowed tokens (not suppressed) at each position."""
+    temperature restricted to its allowed tokens (not suppressed, and within the budget, tested token by token) at
+    each position."""
     args = make_args(tmp_path, num_envs=4, num_steps=2, total_env_steps=8, constrained_decoding=True,
                      max_new_tokens=20, kl_coef=0.05, cot_logprob_coef=1.0)
     trainer = VLMPPOTrainer(tiny_vlm_path("llava_next"), args, env="gym_cards/Points24-v0",
@@ -135,15 +136,20 @@ def test_constrained_rollout_scores_exactly_ratio_one_and_zero_kl(tiny_vlm_path,
         with torch.no_grad():
             logits = policy(**full, use_cache=False).logits[0, -len(ids) - 1 : -1].double() / args.temperature
         matcher = llguidance.LLMatcher(constraint.lltok, batch.grammars[k], log_level=0)
+        budget, state = constraint._budget(batch.grammars[k]), AnswerBudget.START
+        token_bytes = constraint.lltok.decode_bytes
         total = 0.0
         for j, token in enumerate(ids.tolist()):
             bits = np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8)
             allowed = np.flatnonzero(np.unpackbits(bits, bitorder="little")[: logits.shape[-1]])
-            allowed = [a for a in allowed if a not in suppressed]
+            # the budget, token by token: EOS, or a token after which the answer can still finish in what is left
+            allowed = [a for a in allowed if a not in suppressed and (
+                a in trainer.eos_token_ids or budget.cost(budget.feed(state, token_bytes([a]))) <= 20 - j - 1)]
             assert token in allowed
             total += float(logits[j, token] - torch.logsumexp(logits[j, allowed], 0))
             if token not in trainer.eos_token_ids:
                 assert matcher.consume_token(token)
+                state = budget.feed(state, token_bytes([token]))
         assert batch.logprobs.reshape(-1)[k].item() == pytest.approx(total, abs=1e-4)
 
 
@@ -319,8 +325,8 @@ def test_a_fallback_is_counted_once_per_completion_not_per_replay(tiny_tokenizer
     walk, row = constraint.walk(grammar), np.empty((1, constraint.words), dtype=np.int32)
     walk.next_mask(row, 0)
     walk.advance(int(ids[0, 0]))  # not allowed by the grammar: continues unconstrained
-    assert walk.fell_back and constraint.fallbacks == 1
+    assert walk.fell_back and constraint.counts["fallbacks"] == 1
     for _ in range(3):
         replayed = constraint.replay([grammar], ids, torch.ones_like(ids))
         assert torch.equal(replayed[0, 1], torch.from_numpy(constraint.base_mask))  # unconstrained after the fallback
-    assert constraint.fallbacks == 1
+    assert constraint.counts["fallbacks"] == 1

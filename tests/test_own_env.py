@@ -95,7 +95,10 @@ def test_own_env_round_trip_train_save_push_reload_eval_play(tiny_vlm_path, tmp_
     trainer = VLMPPOTrainer(tiny_vlm_path("llava_next"), args, env="CliffWalking-v1", task=cliff_agent.TASK,
                             peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
     trainer.train()
-    assert trainer.parse_errors == 0 and trainer.grammar_errors == 0
+    assert trainer.parse_errors == 0
+    counts = trainer.constraint.counts
+    assert counts["constrained_steps"] > 0
+    assert counts["errors"] == counts["fallbacks"] == counts["no_fit"] == counts["no_legal_action"] == 0
     obs, infos = cliff_observations()
     before = [trainer.act([o], [i], greedy=True, score=False) for o, i in zip(obs, infos)]  # one at a time, as play
     assert all(b.parsed[0].valid for b in before), [b.texts for b in before]  # the user's grammar and parser agree

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +20,7 @@ from gymnasium import spaces
 from .actions import ParsedAction, checked_parse
 from .advantages import kl_penalty
 from .buffer import RolloutBatch, split_inputs
-from .constrained import GrammarConstraint, output_vocab_size
+from .constrained import GRAMMAR_COUNTS, GrammarConstraint, output_vocab_size
 from .evaluation import random_legal_action
 from .logprobs import action_token_index, token_weights, weighted_logprob
 from .losses import explained_variance
@@ -237,7 +238,8 @@ class ActingMixin:
 
     def _grammar_constraint(self, args, tokenizer, policy) -> GrammarConstraint | None:
         """The trainer's `GrammarConstraint` (``constrained_decoding``), checked against the task: a fixed action set
-        that does not fit ``max_new_tokens`` is a configuration error, raised now."""
+        whose built-in answer grammar does not fit ``max_new_tokens`` is a configuration error, raised now (not when
+        `answer_grammar` is overridden: the user's grammar is not that one)."""
         if not args.constrained_decoding:
             return None
         constraint = GrammarConstraint(
@@ -257,13 +259,12 @@ class ActingMixin:
                 "`constrained_decoding=False`."
             )
         elif self.task is not None and self.task.admissible_actions is None and not own_grammar:
-            longest = max(len(constraint.action_tokens(a)) for a in self.task.action_names)
-            room = constraint.action_room(args.action_only)
-            if longest > room:
-                needed = args.max_new_tokens - room + longest
+            needed = max(constraint.needed_tokens(a, args.action_only) for a in self.task.action_names)
+            if needed > args.max_new_tokens:
                 raise ValueError(
                     f"max_new_tokens={args.max_new_tokens} is too small for constrained decoding of "
-                    f"{self.task.env_id}'s answers: the longest needs {needed} tokens with empty thoughts."
+                    f"{self.task.env_id}'s answers: the longest needs {needed} tokens with empty thoughts; set "
+                    f"max_new_tokens >= {needed}."
                 )
         return constraint
 
@@ -271,6 +272,7 @@ class ActingMixin:
         """Each env's grammar for this step (`answer_grammar`), compiled (and cached) now: a hook that raises or
         returns an invalid grammar leaves that env's step unconstrained, counted in `generation/grammar_errors`."""
         grammars = []
+        counts = self.constraint.counts
         for info in infos:
             try:
                 grammar = self.answer_grammar(info)
@@ -284,13 +286,28 @@ class ActingMixin:
                         "`answer_grammar` to leave steps unconstrained)."
                     ) from err
                 grammar = None
-                self.grammar_errors += 1
-                if self.grammar_errors == 1:
+                counts["errors"] += 1
+                if counts["errors"] == 1:
                     logger.exception("answer_grammar raised or gave an invalid grammar; such steps are generated "
                                      "unconstrained and counted in `generation/grammar_errors` (first traceback only).")
+            counts["constrained_steps"] += grammar is not None
             grammars.append(grammar)
             self._grammar_compiled = getattr(self, "_grammar_compiled", False) or grammar is not None
         return grammars
+
+    def _check_grammar_fits(self) -> None:
+        """Stop a run in which no step could be constrained because no legal action fits ``max_new_tokens`` (every
+        output would be unconstrained), with the budget that would fit. Counted over all processes, so all stop."""
+        counts = self.constraint.counts
+        local = torch.tensor([counts["constrained_steps"], counts["no_fit"], self.constraint.no_fit_needed])
+        gathered = self.accelerator.gather(local.to(self.accelerator.device)).view(-1, 3).cpu()
+        constrained, no_fit, needed = int(gathered[:, 0].sum()), int(gathered[:, 1].sum()), int(gathered[:, 2].max())
+        if constrained == 0 and no_fit > 0:
+            raise ValueError(
+                f"constrained_decoding: max_new_tokens={self.args.max_new_tokens} fits no legal action's answer at any "
+                f"step so far ({no_fit} steps), so every output would be unconstrained. Set max_new_tokens >= "
+                f"{needed} (the shortest answer of every such step fits then), or turn constrained_decoding off."
+            )
 
     @torch.no_grad()
     def value_of(self, observations, infos: list[dict]) -> torch.Tensor:
@@ -370,6 +387,8 @@ class ActingMixin:
         # then runs the same number of critic forwards however its episodes ended (under ZeRO-3/FSDP a forward is a
         # collective, and a process waiting in one would hang). Then the observations after the last step; the next
         # rollout's first `act` reuses their processor outputs.
+        if self.constraint is not None:
+            self._check_grammar_fits()
         values = self._batched_values([b[2] for b in to_bootstrap], [b[3] for b in to_bootstrap])
         for k, (t, i, _, _) in enumerate(to_bootstrap):
             batch.final_values[t, i] = values[k]
@@ -425,8 +444,25 @@ class ActingMixin:
             "values/explained_variance": explained_variance(values, returns) if len(values) > 1 else nan,
             "generation/completion_length": float(lengths),
             "generation/parse_errors": self.parse_errors,
-        } | ({
-            "generation/grammar_errors": self.grammar_errors,
-            "generation/grammar_fallbacks": self.constraint.fallbacks,
-        } if self.constraint is not None else {})
+        } | ({} if self.constraint is None else self._grammar_metrics("generation", self.constraint.counts))
+
+    @contextlib.contextmanager
+    def _grammar_counts_apart(self):
+        """Inside the block the grammar counts go into the `Counter` it yields, not into training's (None when
+        generation is unconstrained)."""
+        if self.constraint is None:
+            yield None
+            return
+        training, apart = self.constraint.counts, Counter()
+        self.constraint.counts = apart
+        try:
+            yield apart
+        finally:
+            self.constraint.counts = training
+
+    def _grammar_metrics(self, prefix: str, counts, gather: bool = True) -> dict[str, int]:
+        """``{prefix}/grammar_{kind}`` for each of `GRAMMAR_COUNTS` (summed over all processes with ``gather``)."""
+        local = torch.tensor([counts[k] for k in GRAMMAR_COUNTS], device=self.accelerator.device)
+        total = self.accelerator.gather(local).view(-1, len(GRAMMAR_COUNTS)).sum(0) if gather else local
+        return {f"{prefix}/grammar_{k}": int(v) for k, v in zip(GRAMMAR_COUNTS, total.tolist())}
 

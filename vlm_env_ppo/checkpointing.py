@@ -12,6 +12,7 @@ import os
 import random
 import re
 import shutil
+from collections import Counter
 
 import numpy as np
 import torch
@@ -174,6 +175,7 @@ class CheckpointingMixin:
             "env_steps": self.env_steps,
             "total_episodes": self.episode_stats.total_episodes,
             "parse_errors": self.parse_errors,
+            "grammar_counts": {} if self.constraint is None else dict(self.constraint.counts),
             "env_errors": self.env_errors,
             "skipped_minibatches": self.skipped_minibatches,
             "np_rng": self._np_rng.bit_generator.state,
@@ -202,6 +204,8 @@ class CheckpointingMixin:
         self.env_steps = run_state["env_steps"]
         self.episode_stats.total_episodes = run_state["total_episodes"]
         self.parse_errors = run_state["parse_errors"]
+        if self.constraint is not None:  # older checkpoints lack them
+            self.constraint.counts = Counter(run_state.get("grammar_counts", {}))
         self._env_errors_before += run_state.get("env_errors", 0) - self.env_errors  # older checkpoints lack them
         self.skipped_minibatches = run_state.get("skipped_minibatches", 0)
         self._np_rng.bit_generator.state = run_state["np_rng"]

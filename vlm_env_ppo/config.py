@@ -73,7 +73,9 @@ class VLMPPOConfig(TrainingArguments):
         constrained_decoding (`bool`, *optional*, defaults to `True`):
             Generate every completion under the task's answer grammar (llguidance): the JSON answer the prompt asks
             for, reasoning free, the action exactly one of the step's legal actions, then EOS, always within
-            `max_new_tokens` (the reasoning is bounded in tokens). No output is invalid, from the first rollout on.
+            `max_new_tokens` (a token is allowed only while the answer can still close in what is left). Any
+            tokenization of an answer is allowed, the tokenizer's own included. No output is invalid, from the first
+            rollout on; steps that cannot be constrained are counted (`generation/grammar_*`).
             PPO scores the constrained distribution exactly (the tempered softmax restricted to the allowed tokens
             and renormalised; the KL reference is scored under the same masks). A trainer that overrides
             `parse_action` supplies its grammar by overriding `answer_grammar` (else its steps are unconstrained).

@@ -233,7 +233,6 @@ class VLMPPOTrainer(ActingMixin, FaultHandlingMixin, CheckpointingMixin, BaseTra
         self.episode_stats = EpisodeStats(args.num_envs)
         self.env_steps = 0
         self.parse_errors = 0
-        self.grammar_errors = 0
         # Fault counters (issue 7): cumulative over the run, saved in checkpoints.
         self.skipped_minibatches = 0
         self._env_errors_before = 0  # env errors of the run before a resume (the env wrappers count this process's)
@@ -568,22 +567,25 @@ class VLMPPOTrainer(ActingMixin, FaultHandlingMixin, CheckpointingMixin, BaseTra
         # periodic evaluation would replay the same random streams.
         rng = rng_states()
         try:
-            result = evaluate_episodes(
-                act_batch,
-                make_env,
-                num_episodes,
-                seed,
-                batch_size=args.num_envs,
-                task=self.task,
-                episode_indices=share,
-            )
-            if lockstep is not None:
-                lockstep.finish()
+            with self._grammar_counts_apart() as grammar_counts:  # evaluation's completions are not training's
+                result = evaluate_episodes(
+                    act_batch,
+                    make_env,
+                    num_episodes,
+                    seed,
+                    batch_size=args.num_envs,
+                    task=self.task,
+                    episode_indices=share,
+                )
+                if lockstep is not None:
+                    lockstep.finish()
         finally:
             set_rng_states(rng)
         if share is not None:
             result = EvalResult.from_episodes([e for part in gather_object([result.episodes]) for e in part])
         metrics = result.metrics(metric_key_prefix)
+        if grammar_counts is not None:  # shared episodes: summed; otherwise every process played them all
+            metrics |= self._grammar_metrics(metric_key_prefix, grammar_counts, gather=share is not None)
         # The model card, `vlm_env_ppo.json` and the CLI read the last evaluation under the "eval/" keys, whatever
         # prefix this call logged it under.
         # When, and how, it was taken: a later summary or model card must not present it as the trained agent's.
