@@ -82,7 +82,7 @@ TEXT_COMMANDS = ("go to countertop 1", "take apple 1 from countertop 1", 'say "h
 def test_random_walks_through_the_answer_grammar_always_parse_and_fit(tiny_tokenizer, legal, budget, action_only):
     """Uniformly random allowed tokens (the worst a model can do): every walk ends with EOS within the budget, and the
     project's parser reads back exactly one legal action."""
-    constraint = GrammarConstraint(tiny_tokenizer, 852, [EOS], [PAD], max_new_tokens=budget)
+    constraint = GrammarConstraint(tiny_tokenizer, len(tiny_tokenizer), [EOS], [PAD], max_new_tokens=budget)
     grammar = constraint.answer_grammar(legal, action_only)
     fitting = [a for a in legal if constraint.needed_tokens(a, action_only) <= budget]
     if not fitting:
@@ -95,7 +95,7 @@ def test_random_walks_through_the_answer_grammar_always_parse_and_fit(tiny_token
         walk, ids = constraint.walk(grammar), []
         while not walk.finished:
             walk.next_mask(row, 0)
-            allowed = np.flatnonzero(unpack_bitmask(torch.from_numpy(row), 852)[0].numpy())
+            allowed = np.flatnonzero(unpack_bitmask(torch.from_numpy(row), len(tiny_tokenizer))[0].numpy())
             assert PAD not in allowed
             ids.append(int(rng.choice(allowed)))
             walk.advance(ids[-1])
@@ -319,7 +319,7 @@ def test_saved_agent_records_and_honours_constrained_decoding(tiny_vlm_path, tmp
 def test_a_fallback_is_counted_once_per_completion_not_per_replay(tiny_tokenizer):
     """A grammar that rejects what was generated falls back in generation (counted once); the update's replays of
     that completion, once per epoch, fall back the same way but are not counted again."""
-    constraint = GrammarConstraint(tiny_tokenizer, 852, [EOS], [PAD], max_new_tokens=12)
+    constraint = GrammarConstraint(tiny_tokenizer, len(tiny_tokenizer), [EOS], [PAD], max_new_tokens=12)
     grammar = constraint.answer_grammar(NUMBER_LINE.action_names, action_only=True)
     ids = torch.tensor([[tiny_tokenizer.encode("x", add_special_tokens=False)[0], EOS]])
     walk, row = constraint.walk(grammar), np.empty((1, constraint.words), dtype=np.int32)

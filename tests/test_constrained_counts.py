@@ -25,7 +25,7 @@ LONG = Task("gym_cards/NumberLine-v0", LONG_ACTIONS, "Leave the castle.", admiss
 
 # ------------------------------------------------------------------------------------------------ point 2
 def test_steps_the_grammar_cannot_constrain_are_counted_and_warned_with_the_tokens_needed(tiny_tokenizer, caplog):
-    constraint = GrammarConstraint(tiny_tokenizer, 852, [EOS], [PAD], max_new_tokens=12)
+    constraint = GrammarConstraint(tiny_tokenizer, len(tiny_tokenizer), [EOS], [PAD], max_new_tokens=12)
     needed = {a: constraint.needed_tokens(a, False) for a in ("+", *LONG_ACTIONS)}
     assert needed["+"] <= 12 < min(needed[a] for a in LONG_ACTIONS)
     with caplog.at_level("WARNING"):
@@ -69,7 +69,15 @@ def test_a_users_own_grammar_is_not_refused_for_the_built_in_grammars_budget(tin
 
 # ------------------------------------------------------------------------------------------------ point 4
 class FailingGrammar(VLMPPOTrainer):
+    """The hook gives the built-in grammar once (a grammar that never compiles stops the run at its first step), then
+    raises: every later step is generated unconstrained and counted."""
+
+    calls = 0
+
     def answer_grammar(self, info):
+        self.calls += 1
+        if self.calls == 1:
+            return super().answer_grammar(info)
         raise RuntimeError("a bug in the user's hook")
 
 
@@ -111,7 +119,7 @@ def test_grammar_counters_are_summed_over_processes(tiny_vlm_path, tmp_path, mon
                                          "gym_cards/NumberLine-v0")
     monkeypatch.setattr(trainer.accelerator, "gather", lambda t: torch.cat([t, t]))
     metrics = trainer._rollout_metrics(batch)
-    assert metrics["generation/grammar_errors"] == 2 * 4
+    assert metrics["generation/grammar_errors"] == 2 * (4 - 1)
     trainer.envs.close()
 
 
