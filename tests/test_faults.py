@@ -338,7 +338,9 @@ def test_nonfinite_rollout_samples_do_not_spread_through_gae():
     batch.logprobs[1, 1] = float("inf")
     batch.terminated[0, 0] = True  # env 0's first episode ended after step 0: step 0 does not read step 2
     fake = SimpleNamespace(
-        args=SimpleNamespace(gamma=0.9, lam=0.95, whiten_advantages=True, advantage_std_floor=0.0),
+        args=SimpleNamespace(
+            gamma=0.9, lam=0.95, whiten_advantages=True, advantage_std_floor=0.0, advantage_estimator="gae"
+        ),
         accelerator=SimpleNamespace(device="cpu", gather=lambda t: t),
     )
     VLMPPOTrainer.compute_advantages(fake, batch)

@@ -70,6 +70,7 @@ class CheckpointingMixin:
             "max_new_tokens": self.args.max_new_tokens,
             "constrained_decoding": self.args.constrained_decoding,
             "cot_logprob_coef": self.args.cot_logprob_coef,
+            "advantage_estimator": self.args.advantage_estimator,
             "env_steps": self.env_steps,
             "last_eval": getattr(self, "last_eval", None),
             "vlm_env_ppo_version": __version__,
@@ -93,11 +94,13 @@ class CheckpointingMixin:
             policy_state = {k[len("policy."):]: v for k, v in state_dict.items() if k.startswith("policy.")}
             head_state = {k[len("value_head."):]: v for k, v in state_dict.items() if k.startswith("value_head.")}
         unwrapped.policy.save_pretrained(output_dir, state_dict=policy_state, safe_serialization=True)
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in (head_state or unwrapped.value_head.state_dict()).items()},
-            os.path.join(output_dir, VALUE_HEAD_WEIGHTS),
-            metadata={"config": json.dumps(unwrapped.value_head.config)},
-        )
+        if unwrapped.value_head is not None:  # critic-free estimators train none
+            head_state = head_state or unwrapped.value_head.state_dict()
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in head_state.items()},
+                os.path.join(output_dir, VALUE_HEAD_WEIGHTS),
+                metadata={"config": json.dumps(unwrapped.value_head.config)},
+            )
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         with open(os.path.join(output_dir, AGENT_CONFIG), "w") as f:
@@ -179,7 +182,8 @@ class CheckpointingMixin:
     def _resume(self, checkpoint: str) -> None:
         unwrapped = self.accelerator.unwrap_model(self.model)
         load_policy_weights(unwrapped.policy, checkpoint)
-        unwrapped.value_head.load_state_dict(load_value_head(checkpoint).state_dict())
+        if unwrapped.value_head is not None:
+            unwrapped.value_head.load_state_dict(load_value_head(checkpoint).state_dict())
         self._load_optimizer_and_scheduler(checkpoint)
         self.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
         self._load_rng_state(checkpoint)

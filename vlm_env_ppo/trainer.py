@@ -45,6 +45,7 @@ from .config import VLMPPOConfig
 from .evaluation import EvalResult, evaluate_episodes, random_legal_action  # noqa: F401
 from .envs.adapter import HistoryWrapper, is_image_space
 from .faults import FaultHandlingMixin, NumericFaultError, nonfinite_samples  # noqa: F401  (re-exported)
+from .groups import GroupRolloutMixin
 from .logprobs import token_weights, weighted_logprob
 from .losses import policy_loss, value_loss
 from .models.loading import (
@@ -80,7 +81,7 @@ from .tasks import Task, get_task
 logger = logging.getLogger(__name__)
 
 
-class VLMPPOTrainer(ActingMixin, FaultHandlingMixin, CheckpointingMixin, BaseTrainer):
+class VLMPPOTrainer(ActingMixin, GroupRolloutMixin, FaultHandlingMixin, CheckpointingMixin, BaseTrainer):
     """PPO for a vision-language model acting in a gymnasium environment (RL4VLM, Zhai et al., NeurIPS 2024).
 
     Args:
@@ -185,7 +186,9 @@ class VLMPPOTrainer(ActingMixin, FaultHandlingMixin, CheckpointingMixin, BaseTra
                 policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.is_peft = isinstance(policy, PeftModel)
         disable_dropout(policy)  # dropout, attention dropout included, would make rollout and update log-probs differ
-        if saved_agent and os.path.isfile(os.path.join(model, VALUE_HEAD_WEIGHTS)):
+        if args.advantage_estimator != "gae":  # critic-free: no value head, no value forward, no value loss
+            value_head = None
+        elif saved_agent and os.path.isfile(os.path.join(model, VALUE_HEAD_WEIGHTS)):
             value_head = load_value_head(model)
         else:
             value_head = ValueHead(text_hidden_size(policy.config), args.value_head_hidden_sizes)
@@ -207,7 +210,7 @@ class VLMPPOTrainer(ActingMixin, FaultHandlingMixin, CheckpointingMixin, BaseTra
             callbacks=callbacks,
             optimizers=optimizers,
         )
-        self.value_head = value_head.to(self.accelerator.device)
+        self.value_head = value_head.to(self.accelerator.device) if value_head is not None else None
 
         # Reference policy (only for the KL penalty)
         self.ref_model = None
@@ -313,6 +316,8 @@ class VLMPPOTrainer(ActingMixin, FaultHandlingMixin, CheckpointingMixin, BaseTra
 
     # ------------------------------------------------------------------ update
     def compute_advantages(self, batch: RolloutBatch) -> None:
+        if self.args.advantage_estimator != "gae":
+            return self._group_advantages(batch)  # GRPO / RLOO / GiGPO (groups.py)
         # A non-finite rollout statistic (e.g. a bf16 overflow in the scoring forward) must not poison GAE: it would
         # spread to every earlier step of that env and, through whitening, to the whole batch. It enters GAE as 0, and
         # its sample and the earlier samples of its episode (whose advantages were bootstrapped through that 0) get a
@@ -433,10 +438,13 @@ class VLMPPOTrainer(ActingMixin, FaultHandlingMixin, CheckpointingMixin, BaseTra
         pg_loss, pg_stats = policy_loss(
             new_logprobs, mb["old_logprobs"].to(device), mb["advantages"].to(device), self.args.cliprange
         )
-        vf_loss, vf_stats = value_loss(
-            values, mb["old_values"].to(device), mb["returns"].to(device), self.args.cliprange_value
-        )
-        loss = pg_loss + self.args.vf_coef * vf_loss
+        loss, vf_stats = pg_loss, {"clipfrac": torch.tensor(float("nan"))}
+        vf_loss = torch.tensor(float("nan"))  # critic-free estimators: no value loss
+        if values is not None:
+            vf_loss, vf_stats = value_loss(
+                values, mb["old_values"].to(device), mb["returns"].to(device), self.args.cliprange_value
+            )
+            loss = pg_loss + self.args.vf_coef * vf_loss
         token_entropy = (entropy * completion_mask).sum() / completion_mask.sum().clamp(min=1)
         return loss, {
             "pg": pg_loss.item(),
