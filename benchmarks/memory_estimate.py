@@ -475,14 +475,18 @@ SETTINGS = {
 }
 
 
+@functools.cache
+def config_and_meta_model(name: str):
+    """One config and meta model per architecture, shared by every setting and comparison."""
+    config = build_config(name)
+    return config, build_meta_model(config)
+
+
 def run(verify_peft: bool = False, verbose: bool = True) -> dict:
     """All four estimates; one meta model per architecture."""
     results, models = {}, {}
     for key, setting in SETTINGS.items():
-        if setting.model not in models:
-            config = build_config(setting.model)
-            models[setting.model] = (config, build_meta_model(config))
-        config, model = models[setting.model]
+        config, model = models[setting.model] = config_and_meta_model(setting.model)
         results[key] = estimate(setting, model=model, config=config)
         if verbose:
             print(format_breakdown(results[key]), flush=True)
@@ -498,12 +502,9 @@ def run(verify_peft: bool = False, verbose: bool = True) -> dict:
 
 def critic_free_comparison(verbose: bool = True) -> dict:
     """Every setting with and without the value head: ``{key: {"critic": GB, "critic_free": GB, ...}}``."""
-    out, models = {}, {}
+    out = {}
     for key, setting in SETTINGS.items():
-        if setting.model not in models:
-            config = build_config(setting.model)
-            models[setting.model] = (config, build_meta_model(config))
-        config, model = models[setting.model]
+        config, model = config_and_meta_model(setting.model)
         with_critic = estimate(setting, model=model, config=config)
         without = estimate(dataclasses.replace(setting, critic=False), model=model, config=config)
         out[key] = {

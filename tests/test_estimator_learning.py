@@ -12,7 +12,7 @@ import pytest
 from vlm_env_ppo.probes import convergence, probe_trainer, training_success
 
 MEMORY = "vlm_env_ppo/Memory-v0"
-UPDATES = 14
+UPDATES = 12
 
 
 def memory_run(model, tmp_path, estimator, control):
