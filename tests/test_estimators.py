@@ -117,6 +117,7 @@ def test_critic_free_training_saves_no_value_head_and_loads(tiny_vlm_path, tmp_p
     assert "advantages/grouped_fraction" in logged
     files = set(os.listdir(out))
     assert VALUE_HEAD_WEIGHTS not in files and "vlm_env_ppo.json" in files
+    assert "PPO with GRPO advantages (critic-free, groups of 2 envs)" in (out / "README.md").read_text()
     agent = VLMAgent.from_pretrained(str(out))
     assert agent.value_head is None and agent.config["advantage_estimator"] == "grpo"
     with pytest.raises(ValueError, match="without a value head"):

@@ -298,11 +298,15 @@ def write_model_card(trainer: CheckpointingMixin, output_dir: str) -> None:
         if all(last.get(f"eval/{k}") is not None for k in keys)  # a save must not fail on the card
         else "not evaluated yet (run `trainer.evaluate()` before saving)"
     )
+    args = trainer.args
+    method = "PPO with a value head on the VLM (RL4VLM)" if args.advantage_estimator == "gae" else (
+        f"PPO with {args.advantage_estimator.upper()} advantages (critic-free, groups of {args.group_size} envs)"
+    )
     section = (
         "\n## vlm-env-ppo agent\n\n"
         f"- Environment: `{trainer.env_id or 'custom'}`\n"
         f"- Base model: `{trainer.base_model_name}`\n"
-        f"- Method: PPO with a value head on the VLM (RL4VLM), chain-of-thought weight "
+        f"- Method: {method}, chain-of-thought weight "
         f"λ={trainer.args.cot_logprob_coef}, {'action-only' if trainer.args.action_only else 'CoT'} prompt, "
         f"{'LoRA adapter' if trainer.is_peft else 'full fine-tuning'}\n"
         f"- Env steps trained: {trainer.env_steps}\n"
