@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = build_trainer(script_args, args, model_args)
     metrics = run_training(trainer, script_args)
     final_eval = getattr(trainer, "last_eval", None)  # set by the final evaluation (final_eval_episodes > 0)
-    if final_eval and script_args.env_id == TASK.env_id:
+    if final_eval and final_eval["eval/update"] == trainer.state.global_step and script_args.env_id == TASK.env_id:
         baseline = basic_strategy_win_rate(args.env_kwargs, final_eval["eval/episodes"], args.eval_seed)
         print(
             f"Blackjack: the agent won {final_eval['eval/success_rate']:.1%} of the evaluation hands, basic "

@@ -1,31 +1,45 @@
-"""Your own environment: a gymnasium env drawn with Pillow, and a trainer that overrides the two hooks.
+"""Your own environment, end to end: a gymnasium env drawn with Pillow, your own prompt, parser and answer grammar in
+a `Task` subclass, then the trained agent evaluated, replayed and shared on the Hub with them.
 
     python examples/custom_env.py          # tiny VLM built locally, CPU, ~15 s (a smoke run: it learns nothing)
     python examples/custom_env.py --model_name_or_path Qwen/Qwen2.5-VL-3B-Instruct --dtype bfloat16 \\
         --lora_r 128 --lora_alpha 256 --learning_rate 1e-5 --num_steps 128 --total_env_steps 15000 \\
-        --max_new_tokens 256 --activation_checkpointing true --final_eval_episodes 200 --output_dir goal-grid-qwen
+        --max_new_tokens 256 --activation_checkpointing true --final_eval_episodes 200 --output_dir goal-grid-qwen \\
+        --push_to_hub true --hub_model_id you/goal-grid-qwen
+
+    # then, in any shell where this module is importable (here: its folder on PYTHONPATH; or your installed package)
+    PYTHONPATH=examples vlm-env-ppo eval goal-grid-ppo --trust_remote_code
+    PYTHONPATH=examples vlm-env-ppo play goal-grid-ppo --trust_remote_code --env_kwargs '{"size": 6}'
+    PYTHONPATH=examples vlm-env-ppo eval you/goal-grid-qwen --trust_remote_code          # from the Hub
 
 It takes every flag of ``vlm-env-ppo train --help`` (the same parser); `DEFAULTS` below are the tiny CPU settings.
 
 What it shows:
 
 1. `GoalGridEnv`, a 5x5 grid world: the agent (blue circle) walks to the goal (green square). Pillow draws each
-   ``rgb_array`` frame (H x W x 3 uint8); the actions are ``Discrete(4)``. Any gymnasium env with image observations
-   (or ``render_mode="rgb_array"``) and Discrete actions works the same way.
-2. `GoalGridTrainer(VLMPPOTrainer)` with the two hooks:
+   ``rgb_array`` frame (H x W x 3 uint8); the actions are ``Discrete(4)``. It is registered as ``GoalGrid-v0``, so
+   that the saved agent names its env and ``vlm-env-ppo eval/play`` can make it again. Any gymnasium env with image
+   observations (or ``render_mode="rgb_array"``) and Discrete actions works the same way.
+2. `GoalGridTask(Task)`, everything the agent needs to know about the env, in one object:
    - ``build_messages(observation, info)``: the chat messages for one step (image + prompt). Here the answer format
      is not the built-in JSON: the model reasons, then ends with a line ``Move: <direction>``.
    - ``parse_action(completion, info)``: the completion -> `ParsedAction(action, valid, action_start)`. It must
      never raise: anything it cannot read is ``valid=False`` (counted in ``env/invalid_action_rate``; the trainer
      plays a random action). ``action_start`` is the character where the action part begins: the tokens before it
      are the reasoning, whose log-probs get the weight ``cot_logprob_coef`` (the paper's lambda).
-   - ``answer_grammar(info)``: the grammar generation follows under constrained decoding (the default), so that
-     every answer parses from the first rollout on. Without it, a trainer that overrides ``parse_action`` generates
-     unconstrained (and says so in a warning).
-3. `build_trainer(..., trainer_cls=GoalGridTrainer, env=GoalGridEnv)` and `run_training`, as ``vlm-env-ppo train``.
+   - ``answer_grammar(info, constraint)``: the grammar generation follows under constrained decoding (the default),
+     so that every answer parses from the first rollout on.
+   - the action names, in the env's index order.
+3. `build_trainer(..., task=TASK)` and `run_training`, as ``vlm-env-ppo train``. The saved agent records the task
+   as ``"custom_env:GoalGridTask"`` plus its fields (``vlm_env_ppo.json``): `VLMAgent.from_pretrained(path,
+   trust_remote_code=True)`, ``vlm-env-ppo eval/play --trust_remote_code`` and an agent downloaded from the Hub
+   import this module again to act exactly as in training. Without ``trust_remote_code`` they refuse, in one line:
+   importing a module runs its code.
 
-For a task with a fixed action vocabulary and the JSON format you can skip the subclass: pass
-``task=vlm_env_ppo.Task(env_id, action_names, description)`` to the trainer (see `vlm_env_ppo.tasks`).
+Overriding the same three hooks on a `VLMPPOTrainer` subclass still works (the agent then records the trainer class);
+the `Task` subclass is the simpler way, as it is also what `VLMAgent` and SFT use. For a task with a fixed action
+vocabulary and the JSON format you need no subclass at all: pass ``task=vlm_env_ppo.Task(env_id, action_names,
+description)`` to the trainer (see `vlm_env_ppo.tasks`); such an agent loads back without ``trust_remote_code``.
 """
 
 from __future__ import annotations
@@ -38,7 +52,7 @@ import numpy as np
 from gymnasium import spaces
 from PIL import Image, ImageDraw
 
-from vlm_env_ppo import ParsedAction, VLMPPOTrainer
+from vlm_env_ppo import ParsedAction, Task
 from vlm_env_ppo.cli import build_trainer, parse_train_args, run_training
 
 ACTIONS = ("up", "down", "left", "right")
@@ -100,34 +114,45 @@ PROMPT = (
 MOVE_RE = re.compile(r"move:\s*(up|down|left|right)\b", re.IGNORECASE)
 
 
-class GoalGridTrainer(VLMPPOTrainer):
-    def build_messages(self, observation, info: dict) -> list[dict]:
-        image = Image.fromarray(observation)
-        return [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": PROMPT}]}]
+class GoalGridTask(Task):
+    """The prompt, parser and grammar of `GoalGridEnv` (a `Task`: its fields are the env id, action names and
+    description; the agent saved after training records them, and this class's import path)."""
 
-    def parse_action(self, completion: str, info: dict) -> ParsedAction:
+    def build_messages(self, observation, info: dict | None = None, action_only: bool = False) -> list[dict]:
+        image = Image.fromarray(observation)
+        content = [{"type": "image", "image": image}, {"type": "text", "text": self.description}]
+        return [{"role": "user", "content": content}]
+
+    def parse_action(self, completion: str, info: dict | None = None) -> ParsedAction:
         matches = list(MOVE_RE.finditer(completion)) if isinstance(completion, str) else []
         if not matches:
             return ParsedAction(None, False, None, "no_action_key")
         last = matches[-1]  # a model that corrects itself is judged on its final answer
-        return ParsedAction(ACTIONS.index(last.group(1).lower()), True, last.start(), "ok")
+        return ParsedAction(self.action_names.index(last.group(1).lower()), True, last.start(), "ok")
 
-    def answer_grammar(self, info: dict) -> str:
+    def answer_grammar(self, info: dict | None, constraint, action_only: bool = False) -> str:
         # Constrained decoding (on by default): generation follows this grammar (llguidance's Lark), so every answer
         # parses. Reasoning on one line, bounded in tokens so that "Move: <direction>" and EOS always fit
         # max_new_tokens (counted as one token per byte: the worst case), then the move, then EOS.
         closing = len("\nMove: right".encode()) + 1
-        directions = " | ".join(f'"{a}"' for a in ACTIONS)
+        directions = " | ".join(f'"{a}"' for a in self.action_names)
         return (
             'start: reasoning "\\nMove: " direction\n'
-            f"reasoning[max_tokens={max(1, self.args.max_new_tokens - closing)}]: /[^\\n]*/\n"
+            f"reasoning[max_tokens={max(1, constraint.max_new_tokens - closing)}]: /[^\\n]*/\n"
             f"direction: {directions}\n"
         )
+
+
+# The env under an id (what the saved agent records, and `vlm-env-ppo eval/play` makes), and its task.
+if "GoalGrid-v0" not in gym.registry:
+    gym.register("GoalGrid-v0", entry_point=GoalGridEnv)
+TASK = GoalGridTask("GoalGrid-v0", ACTIONS, PROMPT)
 
 
 # Used unless the command line (or a --config YAML) says otherwise: a short CPU run of a tiny VLM built locally.
 DEFAULTS = {
     "output_dir": "goal-grid-ppo",
+    "env_id": "GoalGrid-v0",
     "num_envs": 4,
     "num_steps": 8,
     "total_env_steps": 64,  # 2 PPO updates; episodes last up to 15 steps
@@ -147,7 +172,7 @@ DEFAULTS = {
 
 def main(argv: list[str] | None = None) -> dict:
     script_args, args, model_args = parse_train_args(argv, defaults=DEFAULTS)
-    trainer = build_trainer(script_args, args, model_args, trainer_cls=GoalGridTrainer, env=GoalGridEnv)
+    trainer = build_trainer(script_args, args, model_args, task=TASK)
     return run_training(trainer, script_args)
 
 

@@ -106,7 +106,9 @@ def test_missing_model_folder_says_so_not_repo_id_rules(tmp_path, capsys, monkey
     err = one_line_error(capsys, ["eval", missing])
     assert err.startswith("vlm-env-ppo eval: error: No folder")
     err = one_line_error(capsys, ["train", "--env_id", "NoSuchEnv-v0", "--output_dir", str(tmp_path / "out2")])
-    assert "No task is registered for env id 'NoSuchEnv-v0'" in err
+    assert "No such env 'NoSuchEnv-v0'" in err  # a typo is not "no task" (issue 24)
+    err = one_line_error(capsys, ["train", "--env_id", "CliffWalking-v1", "--output_dir", str(tmp_path / "out3")])
+    assert "No task is registered for env id 'CliffWalking-v1'" in err  # an env without a task
 
 
 def test_real_crashes_keep_their_traceback(tmp_path, monkeypatch):

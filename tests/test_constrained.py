@@ -256,16 +256,30 @@ def test_custom_parser_without_grammar_is_unconstrained_and_says_so(tiny_vlm_pat
     assert trainer.collect_rollout().grammars == [None] * 4
 
 
-def test_a_failing_grammar_hook_is_counted_and_the_step_runs_unconstrained(tiny_vlm_path, tmp_path):
+def test_a_grammar_that_never_compiles_is_an_error_and_a_later_failing_one_is_counted(tiny_vlm_path, tmp_path):
+    """Issue 24: a grammar that fails on the very first step is a bug (one warning, then a whole run unconstrained
+    and invalid, was the old behaviour): an error. One that fails after others compiled is counted, and its step runs
+    unconstrained."""
     class BadGrammar(VLMPPOTrainer):
         def answer_grammar(self, info):
             return "start: this is not lark ((("
 
     args = make_args(tmp_path, constrained_decoding=True, max_new_tokens=12)
     trainer = BadGrammar(tiny_vlm_path("llava_next"), args, env="gym_cards/NumberLine-v0")
+    with pytest.raises(ValueError, match="cannot compile on the first step"):
+        trainer.train()
+
+    class SometimesBadGrammar(VLMPPOTrainer):
+        calls = 0
+
+        def answer_grammar(self, info):
+            type(self).calls += 1
+            return super().answer_grammar(info) if type(self).calls == 1 else "start: this is not lark((("
+
+    trainer = SometimesBadGrammar(tiny_vlm_path("llava_next"), args, env="gym_cards/NumberLine-v0")
     trainer.train()
     log = [h for h in trainer.state.log_history if "generation/grammar_errors" in h][-1]
-    assert log["generation/grammar_errors"] == 8
+    assert log["generation/grammar_errors"] == 7
 
 
 def test_configuration_errors(tiny_vlm_path, tmp_path):

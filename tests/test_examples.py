@@ -91,17 +91,28 @@ def load_example(name: str):
     return module
 
 
-def test_custom_env_example_trains_with_its_own_hooks(tiny_vlm_path, tmp_path):
+def test_custom_env_example_trains_with_its_own_task_and_its_agent_evaluates_from_the_command_line(
+    tiny_vlm_path, tmp_path
+):
     out = tmp_path / "agent"
     stdout = run_example(
         "custom_env.py", "--model_name_or_path", tiny_vlm_path("llava_next"), "--output_dir", str(out),
         "--num_steps", "4", "--total_env_steps", "16", "--max_new_tokens", "24", "--final_eval_episodes", "2",
         "--disable_tqdm", "true", cwd=tmp_path,
     )  # fmt: skip
-    assert "vlm-env-ppo: 16 env steps on custom env." in stdout and "Final evaluation (2 episodes" in stdout
+    assert "vlm-env-ppo: 16 env steps on GoalGrid-v0." in stdout and "Final evaluation (2 episodes" in stdout
     # its `answer_grammar` constrains generation (the default): not one invalid output, in training or evaluation
     assert "invalid outputs 0.00 -> 0.00" in stdout and "invalid outputs 0.00 (" in stdout, stdout[-600:]
-    assert_saved_agent(out, env_id=None, env_steps=16)
+    saved = assert_saved_agent(out, env_id="GoalGrid-v0", env_steps=16)
+    assert saved["task"]["class"] == "custom_env:GoalGridTask"
+    # As the docstring says: `vlm-env-ppo eval` in another process finds the task (and the env) again.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(EXAMPLES), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "vlm_env_ppo.cli", "eval", str(out), "--trust_remote_code", "--num_episodes", "2"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "GoalGrid-v0" in proc.stdout and "invalid-action rate  0.000" in proc.stdout, proc.stdout
 
     # The env passes gymnasium's checks and the hooks keep their contracts.
     example = load_example("custom_env")
@@ -109,14 +120,14 @@ def test_custom_env_example_trains_with_its_own_hooks(tiny_vlm_path, tmp_path):
     check_env(env, skip_render_check=True)
     frame, info = env.reset(seed=0)
     assert frame.dtype == np.uint8 and frame.shape == env.observation_space.shape
-    messages = example.GoalGridTrainer.build_messages(None, frame, info)
+    messages = example.TASK.build_messages(frame, info)
     image, text = messages[0]["content"]
     assert isinstance(image["image"], Image.Image) and text["text"] == example.PROMPT
-    parse = example.GoalGridTrainer.parse_action
+    parse = example.TASK.parse_action
     answer = "The goal is left of me... Move: right. No: Move: LEFT"
-    assert parse(None, answer, info) == ParsedAction(2, True, answer.rindex("Move"), "ok")
+    assert parse(answer, info) == ParsedAction(2, True, answer.rindex("Move"), "ok")
     for bad in ("I go up", "Move: north", "", None, 3):
-        assert parse(None, bad, info).valid is False
+        assert parse(bad, info).valid is False
     # Walking to the goal ends the episode with +1.
     (ar, ac), (gr, gc) = info["agent"], info["goal"]
     path = [1 if gr > ar else 0] * abs(gr - ar) + [3 if gc > ac else 2] * abs(gc - ac)

@@ -205,6 +205,7 @@ def test_sft_raises_valid_and_success_rates_then_ppo_starts_from_it(tiny_vlm_pat
     assert not (tmp_path / "sft" / "adapter_config.json").exists(), "the adapter should be merged"
     agent = VLMAgent.from_pretrained(out)  # the SFT folder loads as an agent: env, prompt variant from its json
     assert agent.config["env_id"] == env_id and agent.value_head is None
+    assert saved["task"]["class"] == "vlm_env_ppo.tasks:Task" and agent.task == get_task(env_id)  # recorded, rebuilt
 
     after = evaluate_policy(out, env_id, num_episodes=32, seed=10_000, max_new_tokens=24)
     print(

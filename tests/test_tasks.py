@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from vlm_env_ppo.actions import ParsedAction
-from vlm_env_ppo.tasks import TASKS, Task, get_task, register_task, to_pil_image
+from vlm_env_ppo.tasks import TASKS, Task, UnknownEnvError, get_task, register_task, to_pil_image
 
 ENV_IDS = ["gym_cards/NumberLine-v0", "gym_cards/EZPoints-v0", "gym_cards/Points24-v0", "gym_cards/Blackjack-v0"]
 INFOS = {
@@ -115,12 +115,14 @@ def test_task_parse_action_delegates():
 
 
 def test_get_task_error_is_informative():
-    with pytest.raises(KeyError) as excinfo:
-        get_task("gym_cards/NumberLine-v1")
+    with pytest.raises(KeyError) as excinfo:  # a registered env without a task
+        get_task("CliffWalking-v1")
     message = str(excinfo.value)
-    assert "gym_cards/NumberLine-v1" in message
+    assert "CliffWalking-v1" in message
     assert all(env_id in message for env_id in ENV_IDS)
     assert "Task(" in message and "register_task" in message and "parse_action" in message
+    with pytest.raises(UnknownEnvError, match=r"No such env 'gym_cards/NumberLine-v1'.*provides .*v0"):  # a typo
+        get_task("gym_cards/NumberLine-v1")
 
 
 def test_custom_task_with_default_template_and_registration():

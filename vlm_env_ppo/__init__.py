@@ -13,9 +13,12 @@ __version__ = "0.1.0.dev0"
 _LAZY = {
     "VLMPPOConfig": "vlm_env_ppo.config",
     "VLMPPOTrainer": "vlm_env_ppo.trainer",
+    "VLMAgent": "vlm_env_ppo.agent",
 }
 
-__all__ = ["ParsedAction", "Task", "VLMPPOConfig", "VLMPPOTrainer", "get_task", "parse_action", "register_task"]
+__all__ = [
+    "ParsedAction", "Task", "VLMAgent", "VLMPPOConfig", "VLMPPOTrainer", "get_task", "parse_action", "register_task"
+]
 
 
 def __getattr__(name):

@@ -16,7 +16,7 @@ import torch
 from accelerate.utils import gather_object
 from gymnasium import spaces
 
-from .actions import ParsedAction
+from .actions import ParsedAction, checked_parse
 from .advantages import kl_penalty
 from .buffer import RolloutBatch, split_inputs
 from .constrained import GrammarConstraint, output_vocab_size
@@ -27,6 +27,7 @@ from .models.loading import get_tokenizer, image_token_ids
 from .models.value_head import policy_forward
 from .policy import fill_image_placeholders, generate_completions
 from .rollout import unbatch_infos
+from .tasks import Task
 
 # The trainer's messages keep the logger name they always had.
 logger = logging.getLogger("vlm_env_ppo.trainer")
@@ -60,18 +61,12 @@ class ActingMixin:
         }
 
     def _safe_parse(self, text: str, info: dict) -> ParsedAction:
-        try:
-            parsed = self.parse_action(text, info)
-        except Exception:  # a bug in a user hook must not lose the run: counted, logged, treated as invalid
+        parsed, problem = checked_parse(self.parse_action, text, info, self._num_actions(info))
+        if problem is not None:  # a bug in a user hook must not lose the run: counted, logged once, treated as invalid
             self.parse_errors += 1
             if self.parse_errors == 1:
-                logger.exception("parse_action raised; such outputs are treated as invalid and counted in "
-                                 "`generation/parse_errors` (only this first traceback is shown).")
-            return ParsedAction(None, False, None, "parse_error")
-        if parsed.valid and not (parsed.action is not None and 0 <= parsed.action < self._num_actions(info)):
-            self.parse_errors += 1
-            logger.warning("parse_action returned out-of-range action %r; treated as invalid.", parsed.action)
-            return ParsedAction(None, False, parsed.action_start, "out_of_range")
+                logger.warning("%s; such outputs are treated as invalid and counted in `generation/parse_errors` (only "
+                               "this first one is logged).", problem)
         return parsed
 
     @torch.no_grad()
@@ -111,18 +106,28 @@ class ActingMixin:
                     wrapped.reshard()
                 return
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
-        if plugin is None or plugin.zero_stage != 3 or wrapped is self.model:
+        if plugin is None or plugin.zero_stage != 3:
             yield
             return
         import deepspeed
         from trl.models.utils import add_hooks, remove_hooks
 
-        with deepspeed.zero.GatheredParameters(list(wrapped.parameters())):
-            remove_hooks(wrapped)
+        # Before `train` builds the engine (an `evaluate()` first) the policy is partitioned already: transformers
+        # loads it under `deepspeed.zero.Init` when a ZeRO-3 config is active. Only the engine has gather hooks.
+        engine = wrapped if wrapped is not self.model else None
+        with deepspeed.zero.GatheredParameters(list(self.model.parameters())):
+            if engine is not None:
+                remove_hooks(engine)
             try:
                 yield
             finally:
-                add_hooks(wrapped)
+                if engine is not None:
+                    add_hooks(engine)
+
+    def _sharded_weights(self) -> bool:
+        """Whether weights are sharded across processes (ZeRO-3, FSDP), so that acting gathers them: a collective."""
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        return getattr(self, "is_fsdp_enabled", False) or (plugin is not None and plugin.zero_stage == 3)
 
     def _prompt_inputs(self, observations, infos: list[dict]) -> dict[str, torch.Tensor]:
         """Processor outputs for acting on ``observations``. The critic valued the observations after the last
@@ -167,6 +172,9 @@ class ActingMixin:
             suppress_token_ids=self.suppress_token_ids,
             pad_token_id=self.pad_token_id,
             logits_processor=processor,
+            # Sharded weights: every token's forward is a collective, so all processes generate the same number of
+            # tokens (the lock-step of `act` calls is the rollout's and `evaluate`'s: `LockStepActor`).
+            synced_gpus=True if self.accelerator.num_processes > 1 and self._sharded_weights() else None,
         )
         parsed = [self._safe_parse(texts[i], infos[i]) for i in range(n)]
         out = StepOutput(prompts=[], completions=[], texts=texts, parsed=parsed, action_token_starts=[], grammars=grammars)
@@ -219,13 +227,13 @@ class ActingMixin:
     def answer_grammar(self, info: dict) -> str | None:
         """With ``constrained_decoding``: the grammar of this step's completion, or None to leave it unconstrained.
 
-        Default: the task's JSON answer with one of ``task.legal_actions(info)`` (`GrammarConstraint.answer_grammar`);
-        None when `parse_action` is overridden, whose format it may not match. Override it with your parser: return
+        Default: the task's (`Task.answer_grammar`: by default its JSON answer with one of its legal actions); None
+        when `parse_action` is overridden, whose format it may not match. Override it with your parser: return
         any grammar llguidance takes (Lark text, ``llguidance.LLMatcher.grammar_from_regex(r"...")``,
         ``grammar_from_json_schema({...})``) whose completions end with EOS within ``max_new_tokens``."""
         if self.task is None or not self._default_parser:
             return None
-        return self.constraint.answer_grammar(self.task.legal_actions(info), self.args.action_only)
+        return self.task.answer_grammar(info, self.constraint, self.args.action_only)
 
     def _grammar_constraint(self, args, tokenizer, policy) -> GrammarConstraint | None:
         """The trainer's `GrammarConstraint` (``constrained_decoding``), checked against the task: a fixed action set
@@ -235,10 +243,20 @@ class ActingMixin:
         constraint = GrammarConstraint(
             tokenizer, output_vocab_size(policy), self.eos_token_ids, self.suppress_token_ids, args.max_new_tokens
         )
+        own_grammar = type(self).answer_grammar is not ActingMixin.answer_grammar or (
+            self.task is not None and type(self.task).answer_grammar is not Task.answer_grammar
+        )
         if not self._default_parser and type(self).answer_grammar is ActingMixin.answer_grammar:
             logger.warning("constrained_decoding: `parse_action` is overridden but `answer_grammar` is not, so "
                            "completions are generated unconstrained. Override `answer_grammar` to constrain them.")
-        elif self.task is not None and self.task.admissible_actions is None:
+        elif self.task is not None and type(self.task).parse_action is not Task.parse_action and not own_grammar:
+            raise ValueError(
+                f"constrained_decoding: {type(self.task).__name__} overrides `parse_action` but not `answer_grammar`, "
+                "so generation would follow the built-in JSON answer, which your parser may not read. Override "
+                "`answer_grammar` with your format's grammar (or return None from it), or set "
+                "`constrained_decoding=False`."
+            )
+        elif self.task is not None and self.task.admissible_actions is None and not own_grammar:
             longest = max(len(constraint.action_tokens(a)) for a in self.task.action_names)
             room = constraint.action_room(args.action_only)
             if longest > room:
@@ -258,13 +276,20 @@ class ActingMixin:
                 grammar = self.answer_grammar(info)
                 if grammar is not None:
                     self.constraint.compile(grammar)
-            except Exception:  # noqa: BLE001 - a bug in a user hook or grammar must not lose the run
+            except Exception as err:  # noqa: BLE001 - a bug in a user hook or grammar must not lose the run
+                if not getattr(self, "_grammar_compiled", False):  # never once compiled: a bug, not a bad step
+                    raise ValueError(
+                        "constrained_decoding: `answer_grammar` raised or returned a grammar llguidance cannot "
+                        f"compile on the first step ({type(err).__name__}: {err}). Fix the grammar (or return None from "
+                        "`answer_grammar` to leave steps unconstrained)."
+                    ) from err
                 grammar = None
                 self.grammar_errors += 1
                 if self.grammar_errors == 1:
                     logger.exception("answer_grammar raised or gave an invalid grammar; such steps are generated "
                                      "unconstrained and counted in `generation/grammar_errors` (first traceback only).")
             grammars.append(grammar)
+            self._grammar_compiled = getattr(self, "_grammar_compiled", False) or grammar is not None
         return grammars
 
     @torch.no_grad()

@@ -15,7 +15,9 @@ penalty — a config choice). This module does the same, more carefully than RL4
 from __future__ import annotations
 
 import functools
+import numbers
 import re
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -212,3 +214,27 @@ def _names_pattern(names: tuple[str | None, ...]) -> tuple[re.Pattern | None, di
         after = r"(?!\w)" if re.match(r"\w", name[-1]) else ""
         alternatives.append(before + re.escape(name) + after)
     return re.compile("|".join(alternatives)), lookup
+
+
+def checked_parse(parse, completion: str, info: dict, num_actions: int) -> tuple[ParsedAction, str | None]:
+    """Call a ``parse_action`` hook and check what it returned: ``(parsed, problem)``.
+
+    A hook that raises, returns something other than a `ParsedAction`, or a valid one whose action is not an index in
+    ``[0, num_actions)`` gives an invalid `ParsedAction` (reason ``"parse_error"``, ``"not_parsed_action"`` or
+    ``"out_of_range"``) and ``problem``, a sentence saying what went wrong, for the caller to count and log; a hook's
+    bug is then data, not a crash that loses a run. ``problem`` is `None` when all is well.
+    """
+    try:
+        parsed = parse(completion, info)
+    except Exception:  # noqa: BLE001 - a bug in a user hook: counted and logged by the caller
+        return ParsedAction(None, False, None, "parse_error"), f"parse_action raised:\n{traceback.format_exc()}"
+    if not isinstance(parsed, ParsedAction):
+        return ParsedAction(None, False, None, "not_parsed_action"), (
+            f"parse_action returned {type(parsed).__name__} {parsed!r:.80}, not a "
+            "ParsedAction(action, valid, action_start, reason)"
+        )
+    if parsed.valid and not (isinstance(parsed.action, numbers.Integral) and 0 <= parsed.action < num_actions):
+        return ParsedAction(None, False, parsed.action_start, "out_of_range"), (
+            f"parse_action returned action {parsed.action!r}, not an index in [0, {num_actions})"
+        )
+    return parsed, None

@@ -8,6 +8,7 @@ variant, generation settings).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 
@@ -15,7 +16,7 @@ import gymnasium as gym
 import torch
 from transformers import AutoProcessor
 
-from .actions import ParsedAction
+from .actions import ParsedAction, checked_parse
 from .constrained import GrammarConstraint, output_vocab_size
 from .envs.adapter import HistoryWrapper, adapted_factory
 
@@ -47,11 +48,16 @@ from .policy import (  # noqa: F401
 from .saved_agent import (  # noqa: F401
     ADAPTER_CONFIG,
     AGENT_CONFIG,
+    download_agent,
     load_agent_policy,
     load_value_head,
     read_agent_config,
 )
-from .tasks import Task, get_task
+from .tasks import Task, UnknownEnvError, get_task  # noqa: F401  (get_task: re-exported)
+from .user_code import load_task
+
+
+logger = logging.getLogger(__name__)
 
 
 class VLMAgent:
@@ -70,6 +76,7 @@ class VLMAgent:
         self.value_head = value_head.eval() if value_head is not None else None
         self.task = task
         self.config = config
+        self.parse_errors = 0  # outputs whose parse_action raised or returned something unusable
         tokenizer = get_tokenizer(processing_class)
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
@@ -90,23 +97,28 @@ class VLMAgent:
     @classmethod
     def from_pretrained(
         cls, path: str, task: Task | None = None, device: str | torch.device | None = None,
-        constrained_decoding: bool | None = None, **model_kwargs,
+        constrained_decoding: bool | None = None, trust_remote_code: bool = False, **model_kwargs,
     ) -> VLMAgent:
-        """Load a saved agent folder (local path or Hub repo id). ``constrained_decoding``: override the recorded
-        setting (None: act as the agent was trained)."""
+        """Load a saved agent folder (local path or Hub repo id).
+
+        Args:
+            task: the prompt/parser/grammar to act with; default the one recorded with the agent
+                (`vlm_env_ppo.user_code.load_task`), or for an older agent the registered task of its env id.
+            constrained_decoding: override the recorded setting (None: act as the agent was trained).
+            trust_remote_code: allow importing the user code the agent names as its task (a `Task` subclass, a
+                trainer subclass with hooks, their functions). Off by default: importing a module runs its code.
+        """
         check_model_path(path)
         if not os.path.isdir(path):
-            from huggingface_hub import snapshot_download
-
-            path = snapshot_download(path)
+            path = download_agent(path)
         config = read_agent_config(path)
         if constrained_decoding is not None:
             config = {**config, "constrained_decoding": bool(constrained_decoding)}
+        if task is None:  # before the weights: an untrusted or missing task fails in a second, not after the load
+            task = load_task(config, trust_remote_code)
         policy = load_agent_policy(path, config, is_trainable=False, **model_kwargs)
         processor = AutoProcessor.from_pretrained(path)
         value_head = load_value_head(path) if os.path.isfile(os.path.join(path, VALUE_HEAD_WEIGHTS)) else None
-        if task is None and config.get("env_id"):
-            task = get_task(config["env_id"])
         device = torch.device(device) if device is not None else policy.device
         policy.to(device)
         if value_head is not None:
@@ -118,19 +130,34 @@ class VLMAgent:
         return self.policy.device
 
     def build_messages(self, observation, info: dict) -> list[dict]:
+        """The task's chat messages for one observation (`Task.build_messages`)."""
         if self.task is None:
-            raise ValueError("This agent has no task: pass `task=` to `VLMAgent.from_pretrained`.")
+            raise ValueError(
+                "This agent has no task (it was saved without one it could record): pass `task=` to "
+                "`VLMAgent.from_pretrained` (on the command line, `--env_id` of an env with a registered task)."
+            )
         return self.task.build_messages(observation, info, action_only=self.config.get("action_only", False))
 
+    def parse_action(self, completion: str, info: dict) -> ParsedAction:
+        """The task's parser (`Task.parse_action`), checked: a hook that raises or returns something other than a
+        valid `ParsedAction` gives an invalid one (counted in ``parse_errors``, the first logged)."""
+        parsed, problem = checked_parse(self.task.parse_action, completion, info, len(self.task.legal_actions(info))
+                                        if self.task.action_names is None else len(self.task.action_names))
+        if problem is not None:
+            self.parse_errors += 1
+            if self.parse_errors == 1:
+                logger.warning("%s; treated as invalid (only this first one is logged).", problem)
+        return parsed
+
     def answer_grammar(self, info: dict) -> str | None:
-        """The grammar of this step's completion under constrained decoding: the task's JSON answer with one of its
-        legal actions (`GrammarConstraint.answer_grammar`). Override it together with a custom parser."""
+        """The grammar of this step's completion under constrained decoding: the task's (`Task.answer_grammar`)."""
         if self.task is None:
             return None
-        return self.constraint.answer_grammar(self.task.legal_actions(info), self.config.get("action_only", False))
+        return self.task.answer_grammar(info, self.constraint, self.config.get("action_only", False))
 
     def _inputs(self, observations, infos) -> dict[str, torch.Tensor]:
-        inputs = build_model_inputs(self.processing_class, [self.build_messages(o, i) for o, i in zip(observations, infos)])
+        messages = [fill_image_placeholders(self.build_messages(o, i), o, i) for o, i in zip(observations, infos)]
+        inputs = build_model_inputs(self.processing_class, messages)
         dtype = self.policy.dtype
         return {k: v.to(self.device, dtype=dtype) if torch.is_floating_point(v) else v.to(self.device) for k, v in inputs.items()}
 
@@ -151,7 +178,7 @@ class VLMAgent:
                 [self.answer_grammar(i) for i in infos]
             ),
         )
-        return [self.task.parse_action(t, i) for t, i in zip(texts, infos)], texts
+        return [self.parse_action(t, i) for t, i in zip(texts, infos)], texts
 
     def act(self, observation, info: dict, greedy: bool = True) -> tuple[int | None, ParsedAction, str]:
         """``(action or None if invalid, parsed, completion text)`` for one observation."""
@@ -195,7 +222,10 @@ class VLMAgent:
             env = self.config.get("env_id")
             env_kwargs = {**(self.config.get("env_kwargs") or {}), **env_kwargs}
             if env is None:
-                raise ValueError("This agent was trained on an env given as a factory: pass `env=`.")
+                raise UnknownEnvError(
+                    "This agent records no env id (it was trained on an env given as a factory): pass `env=` (an id or "
+                    "a factory; `--env_id` on the command line), or train it with a registered env id."
+                )
         make = adapted_factory(env, **env_kwargs)
         length = int(self.config.get("history_length") or 0)
         if not length:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 from transformers import TrainerState
+from transformers.integrations.deepspeed import deepspeed_load_checkpoint
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, rotate_checkpoints
 from trl.trainer.utils import generate_model_card
 
@@ -25,6 +26,7 @@ from .faults import NumericFaultError
 from .models.value_head import VALUE_HEAD_WEIGHTS
 from .rollout import EnvFaultError
 from .saved_agent import AGENT_CONFIG, load_policy_weights, load_value_head
+from .user_code import task_record
 
 # The trainer's messages keep the logger name they always had.
 logger = logging.getLogger("vlm_env_ppo.trainer")
@@ -57,12 +59,14 @@ class CheckpointingMixin:
     """`VLMPPOTrainer`'s saving, checkpointing, resuming and pushing (overrides of `transformers.Trainer`'s)."""
 
     def _agent_config(self) -> dict:
+        task = getattr(self, "agent_task", self.task)
         return {
             "env_id": self.env_id,
             "base_model": self.base_model_name,
             "is_peft": self.is_peft,
             "action_only": self.args.action_only,
-            "action_names": list(self.task.action_names or ()) if self.task is not None else None,
+            "action_names": list(task.action_names or ()) if task is not None else None,
+            "task": task_record(task),  # what `VLMAgent.from_pretrained` builds the task from (`user_code.load_task`)
             "env_kwargs": self.args.env_kwargs,
             "history_length": self.args.history_length,
             "temperature": self.args.temperature,
@@ -180,10 +184,15 @@ class CheckpointingMixin:
         }
 
     def _resume(self, checkpoint: str) -> None:
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        load_policy_weights(unwrapped.policy, checkpoint)
-        if unwrapped.value_head is not None:
-            unwrapped.value_head.load_state_dict(load_value_head(checkpoint).state_dict())
+        if self.is_deepspeed_enabled:
+            # DeepSpeed's own checkpoint (`global_step*/`, written by `_save_optimizer_and_scheduler`) holds the
+            # weights and the optimizer states of every process's partition; frozen weights were left out of it.
+            deepspeed_load_checkpoint(self.model_wrapped, checkpoint, load_module_strict=False)
+        else:
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            load_policy_weights(unwrapped.policy, checkpoint)
+            if unwrapped.value_head is not None:  # critic-free estimators train none
+                unwrapped.value_head.load_state_dict(load_value_head(checkpoint).state_dict())
         self._load_optimizer_and_scheduler(checkpoint)
         self.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
         self._load_rng_state(checkpoint)
@@ -291,13 +300,20 @@ def write_model_card(trainer: CheckpointingMixin, output_dir: str) -> None:
     )
     last = getattr(trainer, "last_eval", None) or {}
     keys = ("success_rate", "episode_return", "episode_length", "invalid_action_rate", "episodes")
+    evaluated = all(last.get(f"eval/{k}") is not None for k in keys)  # a save must not fail on the card
     evaluation = (
         f"success rate {last['eval/success_rate']:.3f}, mean return {last['eval/episode_return']:.3f}, mean episode "
         f"length {last['eval/episode_length']:.2f}, invalid-action rate {last['eval/invalid_action_rate']:.3f} over "
         f"{last['eval/episodes']} episodes"
-        if all(last.get(f"eval/{k}") is not None for k in keys)  # a save must not fail on the card
+        if evaluated
         else "not evaluated yet (run `trainer.evaluate()` before saving)"
     )
+    if evaluated and last.get("eval/update") is not None:  # when and how it was taken (issue 24: no stale numbers)
+        behind = trainer.state.global_step - last["eval/update"]
+        evaluation += (
+            f", {'greedy' if last.get('eval/greedy', True) else 'sampled'}, at update {last['eval/update']}"
+            + (f", {behind} update(s) before these weights (not this agent's result)" if behind else "")
+        )
     args = trainer.args
     method = "PPO with a value head on the VLM (RL4VLM)" if args.advantage_estimator == "gae" else (
         f"PPO with {args.advantage_estimator.upper()} advantages (critic-free, groups of {args.group_size} envs)"
@@ -323,9 +339,16 @@ def write_model_card(trainer: CheckpointingMixin, output_dir: str) -> None:
     )
     text = re.sub(r"This model is a fine-tuned version of \[[^\]]*\]\([^)]*\)\.", lambda _: intro, card.text, count=1)
     repo = trainer.hub_model_id or os.path.basename(os.path.abspath(output_dir))
+    record = task_record(getattr(trainer, "agent_task", trainer.task))
+    module = record["class"].split(":")[0] if record else ""
+    user_code = bool(module) and not module.startswith("vlm_env_ppo")
     quick_start = (
-        "## Quick start\n\n```python\nfrom vlm_env_ppo.agent import VLMAgent\n\n"
-        f'agent = VLMAgent.from_pretrained("{repo}")\n'
+        "## Quick start\n\n"
+        + (f"This agent's prompt, parser and grammar are user code, `{record['class']}`: install the package that "
+           f"provides `{module}` (or put its folder on `PYTHONPATH`), and load with `trust_remote_code=True` if you "
+           "trust it (`--trust_remote_code` for `vlm-env-ppo eval/play`).\n\n" if user_code else "")
+        + "```python\nfrom vlm_env_ppo import VLMAgent\n\n"
+        f'agent = VLMAgent.from_pretrained("{repo}"{", trust_remote_code=True" if user_code else ""})\n'
         "action, parsed, text = agent.act(frame, info)      # one observation of the env\n"
         "print(agent.evaluate(num_episodes=32, seed=0))     # the training env, fixed seeds\n```\n\n"
     )

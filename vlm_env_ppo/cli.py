@@ -60,7 +60,28 @@ def parse_train_args(argv: list[str] | None = None, default_config=None, default
     unknown = parser.set_defaults_with_config(**(defaults or {}))
     if unknown:
         raise ValueError(f"Unknown fields in `defaults`: {unknown[::2]}; see `vlm-env-ppo train --help`.")
-    return parser.parse_args_and_config(argv)
+    try:
+        return parser.parse_args_and_config(argv)
+    except ValueError as error:
+        raise _friendlier_config_error(error, parser) from None
+
+
+def _friendlier_config_error(error: ValueError, parser) -> ValueError:
+    """TRL's message for unknown YAML keys speaks to developers ("add them to the dataclass"): name the unknown
+    fields, the closest known ones, and where to look them up instead."""
+    import difflib
+    import re
+
+    match = re.match(r"Unknown arguments from config file: \[(.*)\]", str(error))
+    if match is None:
+        return error
+    names = [n.strip(" '\"").removeprefix("--") for n in match.group(1).split(",") if n.strip(" '\"").startswith("--")]
+    known = [a.dest for a in parser._actions]
+    hints = []
+    for name in names:
+        close = difflib.get_close_matches(name, known, n=1)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return ValueError(f"Unknown field(s) in the config file: {', '.join(hints)}. `--help` lists every field.")
 
 
 def build_trainer(script_args: TrainScriptArguments, args, model_args, trainer_cls=None, **trainer_kwargs):
@@ -98,6 +119,11 @@ def run_training(trainer, script_args: TrainScriptArguments) -> dict:
         resume = True  # the last checkpoint in output_dir
     if script_args.warm_start_steps and not resume:
         teach_answer_format(trainer, steps=script_args.warm_start_steps, seed=args.seed)
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    # The live bar replaces Trainer's own, which writes the whole metric dict over the bar at every logging step.
+    trainer.pop_callback(ProgressCallback)
+    trainer.pop_callback(PrinterCallback)
     trainer.add_callback(LiveSuccessCallback())
     trainer.train(resume_from_checkpoint=resume)
     if script_args.final_eval_episodes:
@@ -114,13 +140,16 @@ def run_training(trainer, script_args: TrainScriptArguments) -> dict:
         if ended
         else "no episode ended during training"
     )
-    final_eval = getattr(trainer, "last_eval", None)
+    final_eval = getattr(trainer, "last_eval", None) or {}
+    # Only an evaluation of the trained policy is the final one: one from before or during training is not.
+    current = final_eval.get("eval/update") == trainer.state.global_step
     eval_text = (
-        f" Final evaluation ({final_eval['eval/episodes']} episodes, greedy): success rate "
+        f" Final evaluation ({final_eval['eval/episodes']} episodes, "
+        f"{'greedy' if final_eval.get('eval/greedy', True) else 'sampled'}): success rate "
         f"{final_eval['eval/success_rate']:.2f}, return {final_eval['eval/episode_return']:.2f}, invalid outputs "
         f"{final_eval['eval/invalid_action_rate']:.2f} (each played a random legal action)."
-        if final_eval
-        else ""
+        if final_eval and current
+        else " Not evaluated after training (final_eval_episodes=0)."
     )
     print(
         f"\nvlm-env-ppo: {trainer.env_steps} env steps on {trainer.env_id or 'custom env'}. {episodes_text}, invalid "
@@ -176,9 +205,45 @@ def _agent_parser(prog: str, play: bool):
     parser.add_argument("--sample", action="store_true", help="Sample at the training temperature (default greedy).")
     parser.add_argument("--constrained_decoding", choices=("true", "false"), default=None,
                         help="Generate under the answer grammar or not (default: as the agent was trained).")
+    parser.add_argument("--env_kwargs", type=_json_dict, default=None,
+                        help='Keyword arguments for gymnasium.make, as JSON, e.g. \'{"max_episode_steps": 20}\' '
+                        "(default: those the agent was trained with; these override them).")
+    parser.add_argument("--trust_remote_code", action="store_true",
+                        help="Allow importing the user code (its Task or trainer class) the agent names as its task.")
     if play:
         parser.add_argument("--output", default="replay", help="Writes OUTPUT.html and OUTPUT.gif.")
     return parser
+
+
+def _json_dict(text: str) -> dict:
+    import argparse
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON ({err}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"not a JSON object: {text!r}")
+    return value
+
+
+def _load_agent(opts):
+    from .agent import VLMAgent
+    from .tasks import get_task
+
+    from .tasks import UnknownEnvError, UnknownTaskError
+
+    task = None
+    if opts.env_id:
+        try:
+            task = get_task(opts.env_id)  # another env's registered task; else the agent's own task acts in it
+        except UnknownEnvError:
+            raise
+        except UnknownTaskError:
+            pass
+    return VLMAgent.from_pretrained(opts.agent, task=task, constrained_decoding=_flag(opts.constrained_decoding),
+                                    trust_remote_code=opts.trust_remote_code)
 
 
 def _flag(value: str | None) -> bool | None:
@@ -187,11 +252,10 @@ def _flag(value: str | None) -> bool | None:
 
 def evaluate_command(argv: list[str]) -> dict:
     """``vlm-env-ppo eval AGENT``: success rate, return, length, invalid-action rate on fixed seeds, as a table."""
-    from .agent import VLMAgent
-
     opts = _agent_parser("vlm-env-ppo eval", play=False).parse_args(argv)
-    agent = VLMAgent.from_pretrained(opts.agent, constrained_decoding=_flag(opts.constrained_decoding))
-    result = agent.evaluate(opts.env_id, num_episodes=opts.num_episodes, seed=opts.seed, greedy=not opts.sample)
+    agent = _load_agent(opts)
+    result = agent.evaluate(opts.env_id, num_episodes=opts.num_episodes, seed=opts.seed, greedy=not opts.sample,
+                            **(opts.env_kwargs or {}))
     rows = [("agent", opts.agent), ("env", opts.env_id or agent.config.get("env_id")),
             ("episodes", result.num_episodes), ("seeds", f"{opts.seed}..{opts.seed + opts.num_episodes - 1}"),
             ("decoding", ("sampled" if opts.sample else "greedy")
@@ -205,14 +269,14 @@ def evaluate_command(argv: list[str]) -> dict:
 
 def play_command(argv: list[str]) -> tuple[str, str]:
     """``vlm-env-ppo play AGENT``: record episodes to a self-contained HTML replay and an animated GIF."""
-    from .agent import VLMAgent
     from .replay import record_episodes, write_gif, write_html
 
     opts = _agent_parser("vlm-env-ppo play", play=True).parse_args(argv)
-    agent = VLMAgent.from_pretrained(opts.agent, constrained_decoding=_flag(opts.constrained_decoding))
+    agent = _load_agent(opts)
     env_id = opts.env_id or agent.config.get("env_id")
     episodes = record_episodes(
-        agent, agent.env_factory(opts.env_id), opts.num_episodes, opts.seed, greedy=not opts.sample
+        agent, agent.env_factory(opts.env_id, **(opts.env_kwargs or {})), opts.num_episodes, opts.seed,
+        greedy=not opts.sample,
     )
     html_path, gif_path = f"{opts.output}.html", f"{opts.output}.gif"
     write_html(episodes, html_path, title=f"{env_id}: {opts.agent}")
@@ -250,10 +314,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"Unknown command {command!r}.\n{usage}")
     from .models.loading import ModelNotFoundError
     from .tasks import UnknownTaskError
+    from .user_code import UntrustedCodeError
 
     try:
         COMMANDS[command](rest)
-    except (ModelNotFoundError, UnknownTaskError) as error:  # a mistyped path or env id, not a crash
+    except (ModelNotFoundError, UnknownTaskError, UntrustedCodeError) as error:  # a typo or a missing flag: no crash
         _usage_error(f"vlm-env-ppo {command}", error)
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
 from transformers import TrainingArguments
+
+from .distributed import setup_devices
 
 INVALID_ACTION_CHOICES = ("random", "fixed")
 REF_QUANTIZATION_CHOICES = ("4bit", "8bit", "none")
@@ -327,6 +330,11 @@ class VLMPPOConfig(TrainingArguments):
         self._derive_sizes()
         super().__post_init__()
         self._derive_num_updates()
+
+    @cached_property
+    def _setup_devices(self) -> torch.device:
+        # DeepSpeed on a machine without GPUs needs a process-group backend transformers does not pass (distributed.py)
+        return setup_devices(self, lambda: TrainingArguments._setup_devices.func(self))
 
     def _validate(self) -> None:
         def is_int(value) -> bool:  # a count: `True` or `1.5` from a YAML typo is not one

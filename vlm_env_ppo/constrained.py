@@ -300,9 +300,11 @@ def masked_logprobs(
 
 
 def output_vocab_size(policy) -> int:
-    """The number of logit columns of a policy (its output embeddings' rows; else the text config's vocab size)."""
+    """The number of logit columns of a policy (its output embeddings' rows; else the text config's vocab size).
+    Under ZeRO-3 a process holds a shard of each weight (an empty tensor) and DeepSpeed keeps the full shape in
+    ``ds_shape``."""
     head = policy.get_output_embeddings() if hasattr(policy, "get_output_embeddings") else None
     if head is not None and getattr(head, "weight", None) is not None:
-        return int(head.weight.shape[0])
+        return int(getattr(head.weight, "ds_shape", head.weight.shape)[0])
     config = policy.config.get_text_config() if hasattr(policy.config, "get_text_config") else policy.config
     return int(config.vocab_size)

@@ -9,6 +9,7 @@ head scored as one module (`PolicyAndValue`: per-token log-probs, entropy, value
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -64,9 +65,24 @@ def fill_image_placeholders(messages: list[dict], observation, info: dict | None
     oldest first), then the current observation. Parts that carry their image (``{"type": "image", "image": ...}``)
     are left as they are; messages without placeholders come back unchanged.
 
+    The messages are checked first (`check_messages`); an image observation with no image in the messages is
+    warned about (once per call site): the agent would never see its frames.
+
     Raises:
+        TypeError: the hook did not return a list of chat messages.
         ValueError: the number of placeholders is not the number of frames this step has.
     """
+    check_messages(messages)
+    if to_pil_image(observation) is not None and not any(
+        isinstance(part, dict) and part.get("type") == "image"
+        for m in messages if not isinstance(m.get("content"), str) for part in m.get("content") or ()
+    ):
+        warnings.warn(
+            "`build_messages` put no image into the messages although the observation is an image: the agent never "
+            "sees its frames. Add {'type': 'image', 'image': frame} (or a {'type': 'image'} placeholder) to the "
+            "content, unless the text alone is meant to carry the observation.",
+            stacklevel=2,
+        )
     placeholders = sum(
         1
         for m in messages
@@ -104,6 +120,27 @@ def fill_image_placeholders(messages: list[dict], observation, info: dict | None
         ]
         filled.append({**m, "content": content})
     return filled
+
+
+def check_messages(messages) -> None:
+    """Raise `TypeError`, naming the hook, unless ``messages`` is a list of chat messages: dicts with a ``"role"``
+    and a ``"content"`` that is a string or a list of dict parts (``{"type": "text", "text": ...}``, ...)."""
+    problem = None
+    if not isinstance(messages, list) or not messages:
+        problem = f"a {type(messages).__name__} {messages!r:.60}"
+    else:
+        for m in messages:
+            content = m.get("content") if isinstance(m, dict) else None
+            if not isinstance(m, dict) or "role" not in m or not (
+                isinstance(content, str) or (isinstance(content, list) and all(isinstance(p, dict) for p in content))
+            ):
+                problem = f"a message {m!r:.80}"
+                break
+    if problem is not None:
+        raise TypeError(
+            f"`build_messages` must return a non-empty list of chat messages, [{{'role': 'user', 'content': [{{'type': "
+            f"'image', 'image': frame}}, {{'type': 'text', 'text': prompt}}]}}], but returned {problem}."
+        )
 
 
 def _has_image(part: dict) -> bool:
@@ -172,6 +209,7 @@ def generate_completions(
     suppress_token_ids: Sequence[int],
     pad_token_id: int,
     logits_processor=None,
+    synced_gpus: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """One batched `generate` call → ``(completion_ids, completion_mask, texts)``; ids after EOS become padding.
 
@@ -179,6 +217,8 @@ def generate_completions(
     argmax; nothing in the model's ``generation_config`` changes either (`NEUTRAL_GENERATION_SETTINGS`) except its
     EOS ids, which end completions here exactly as they end them in `mask_after_eos`. ``logits_processor``: a
     `GrammarLogitsProcessor` (constrained decoding), applied after suppression and before temperature and top-p.
+    ``synced_gpus``: keep generating (dummy steps) until every process is done, where each forward is a collective
+    (None: transformers decides; it sees ZeRO-3, not a model that accelerate sharded with FSDP2).
     """
     tokenizer = get_tokenizer(processing_class)
     eos_ids = eos_token_ids(policy, tokenizer)
@@ -199,6 +239,7 @@ def generate_completions(
         # trainer (the sample's minibatches are skipped and counted).
         remove_invalid_values=True,
         logits_processor=None if logits_processor is None else LogitsProcessorList([logits_processor]),
+        synced_gpus=synced_gpus,
     )
     completion_ids = generated[:, device_inputs["input_ids"].shape[1] :]  # (batch, C)
     completion_mask = mask_after_eos(completion_ids, eos_ids)

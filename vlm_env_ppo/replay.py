@@ -30,6 +30,14 @@ class StepRecord:
     reward: float
 
 
+def prompt_text(messages: list[dict]) -> str:
+    """The text of the last user message: the prompt a replay shows for the step (whatever hook wrote it)."""
+    content = messages[-1].get("content") if messages else ""
+    if isinstance(content, str):
+        return content
+    return "\n".join(p.get("text", "") for p in content or () if isinstance(p, dict) and p.get("type") == "text")
+
+
 def record_episodes(agent, make_env: Callable[[], gym.Env], num_episodes: int, seed: int, greedy: bool = True,
                     max_steps: int = 200) -> list[list[StepRecord]]:
     """Play episodes with a `VLMAgent` (episode ``k`` on seed ``seed + k``) and record every step."""
@@ -45,7 +53,7 @@ def record_episodes(agent, make_env: Callable[[], gym.Env], num_episodes: int, s
             p = parsed[0]
             index = p.action if p.valid else random_legal_action(task, info, env.action_space, rng)  # as in eval
             frame = to_pil_image(obs) or Image.new("RGB", (300, 60), "white")
-            prompt = task.prompt(info, action_only=agent.config.get("action_only", False))
+            prompt = prompt_text(agent.build_messages(obs, info))
             played = task.action_name(index, info)
             action = task.to_env_action(index, info, env.action_space)
             obs, reward, terminated, truncated, info = env.step(action)

@@ -39,6 +39,25 @@ def read_agent_config(path: str) -> dict:
     )
 
 
+def download_agent(repo_id: str) -> str:
+    """The local folder of a saved agent on the Hub (``huggingface_hub.snapshot_download``). A failed download (no
+    network, offline mode, no such repo, no access) is one `ModelNotFoundError` that says what to check, not a
+    traceback of the HTTP stack."""
+    from huggingface_hub import snapshot_download
+
+    from .models.loading import ModelNotFoundError
+
+    try:
+        return snapshot_download(repo_id)
+    except Exception as err:  # noqa: BLE001 - every download failure gets the same actionable message
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ModelNotFoundError(
+            f"Could not download the agent {repo_id!r} from the Hugging Face Hub ({type(err).__name__}: {reason}). "
+            "Check the repo id, your network and HF_HUB_OFFLINE, and your access to the repo (`hf auth login`), or "
+            "pass a local folder."
+        ) from err
+
+
 def load_agent_policy(path: str, config: dict, is_trainable: bool, **model_kwargs):
     """The policy of a saved agent: base model + LoRA adapter (a `PeftModel`), or the full fine-tuned model.
 

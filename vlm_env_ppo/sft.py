@@ -39,6 +39,7 @@ from .demonstrations import (  # noqa: F401
 )
 from .saved_agent import SFT_CONFIG
 from .tasks import Task, get_task
+from .user_code import task_record
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ def run_sft(
     env_id: str | None = None,
     action_only: bool | None = None,
     resume_from_checkpoint: str | bool | None = None,
+    task: Task | None = None,
 ) -> str:
     """Fine-tune ``model`` on ``train_dataset`` (from `generate_sft_dataset`) with TRL's `SFTTrainer`, then save a
     full model + processor into ``args.output_dir`` and return that path.
@@ -103,6 +105,8 @@ def run_sft(
             ``env_id`` / ``action_only`` columns when None (``env_id`` only when the dataset has a single env).
         resume_from_checkpoint: passed to ``SFTTrainer.train`` (a ``checkpoint-N`` folder of ``output_dir``, or
             True for the last one) when ``args.save_strategy`` wrote checkpoints.
+        task: the env's `Task` (your own prompt/parser subclass, as the data was made with); recorded with the
+            model so that `VLMAgent.from_pretrained` acts with it. Default: the registered task of ``env_id``.
 
     Why merge: the LoRA adapter is merged into the base weights and the folder holds an ordinary full model, so
     ``VLMPPOTrainer(output_dir, ...)`` (or ``vlm-env-ppo train --model_name_or_path output_dir``) loads it like any
@@ -154,11 +158,14 @@ def run_sft(
             "sft_examples": len(train_dataset),
             "sft_train_loss": next((h["train_loss"] for h in trainer.state.log_history if "train_loss" in h), None),
         }
-        if env_id is not None:
+        if task is None and env_id is not None:
             try:
-                config["action_names"] = list(get_task(env_id).action_names)
+                task = get_task(env_id)
             except KeyError:
                 pass
+        if task is not None:  # what `VLMAgent.from_pretrained` acts with (a user's task: `vlm_env_ppo.user_code`)
+            config["action_names"] = list(task.action_names or ())
+            config["task"] = task_record(task)
         with open(os.path.join(output_dir, SFT_CONFIG), "w") as f:
             json.dump(config, f, indent=2)
     trainer.accelerator.wait_for_everyone()

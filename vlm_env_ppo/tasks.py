@@ -24,6 +24,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from PIL import Image
@@ -64,6 +65,11 @@ class Task:
     ``info["history"]`` (`HistoryWrapper`) become earlier chat turns.
 
     Use `dataclasses.replace` to change one field of a built-in task, e.g. a different description.
+
+    For your own prompt and answer format, subclass it and override `build_messages`, `parse_action` and
+    `answer_grammar` (``examples/custom_env.py``). A saved agent records its task (the class's import path and these
+    fields, `vlm_env_ppo.user_code`); `VLMAgent.from_pretrained` builds it again, importing a class or function from
+    outside this package only with ``trust_remote_code=True``.
     """
 
     env_id: str
@@ -193,6 +199,22 @@ class Task:
             return replace(parsed, action=self._index[legal[parsed.action]])
         return parsed
 
+    def answer_grammar(self, info: dict | None, constraint, action_only: bool = False) -> str | None:
+        """The grammar of this step's completion under constrained decoding, or `None` to leave the step unconstrained.
+
+        Default: the JSON answer of `prompt` with one of ``legal_actions(info)`` (`GrammarConstraint.answer_grammar`).
+        Override it together with `parse_action` for your own answer format: return any grammar llguidance compiles
+        (Lark text, ``llguidance.LLMatcher.grammar_from_regex(...)``, ``grammar_from_json_schema(...)``) whose
+        completions end with EOS within ``constraint.max_new_tokens`` (bound free text: ``rule[max_tokens=N]: /.../``).
+
+        Args:
+            info (`dict` or `None`): the step's ``info``.
+            constraint (`vlm_env_ppo.constrained.GrammarConstraint`): the tokenizer's constraint (its
+                ``max_new_tokens``, ``answer_grammar``).
+            action_only (`bool`): the prompt variant.
+        """
+        return constraint.answer_grammar(self.legal_actions(info), action_only)
+
     def example_answer(self, action: str | int, thoughts: str | None = None, action_only: bool = False) -> str:
         """A correct answer in exactly the format the prompt asks for, e.g. for SFT data.
 
@@ -218,6 +240,25 @@ class UnknownTaskError(KeyError):
 
     def __str__(self) -> str:  # the message as written, not KeyError's quoted repr
         return str(self.args[0]) if self.args else ""
+
+
+class UnknownEnvError(UnknownTaskError):
+    """No gymnasium env is registered under an env id (a typo, or a package that registers it not imported)."""
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise `UnknownEnvError` (gymnasium's message, with its "did you mean") when no env is registered as ``env_id``.
+    Ids of the form ``"module:Env-v0"``, which `gymnasium.make` imports first, are left to it."""
+    if ":" in env_id:
+        return
+    from .envs.adapter import _import_plugin
+
+    try:
+        _import_plugin(env_id)
+        gym.spec(env_id)
+    except (gym.error.Error, ImportError) as err:
+        raise UnknownEnvError(f"No such env {env_id!r}: {err} (gymnasium's registry; a package that registers it "
+                              "must be imported first, or use the id form 'module:Env-v0').") from None
 
 
 def to_pil_image(observation) -> Image.Image | None:
@@ -465,9 +506,11 @@ def get_task(env_id: str) -> Task:
         pass
     if isinstance(env_id, str) and env_id.startswith("MiniGrid-"):  # any other MiniGrid env: all seven actions
         return minigrid_task(env_id, movement_only=False)
+    if isinstance(env_id, str):
+        check_env_id(env_id)  # a typo is "no such env", not "no task"
     raise UnknownTaskError(
         f"No task is registered for env id {env_id!r}. Known ids: {sorted(TASKS)}. For your own env, build "
         "`vlm_env_ppo.tasks.Task(env_id, action_names, description)` and pass it as `VLMPPOTrainer(..., task=task)` "
-        "or call `register_task(task)`; or subclass VLMPPOTrainer and override `build_messages(observation, info)` "
-        "and `parse_action(completion, info)`."
+        "or call `register_task(task)`; for your own prompt and answer format, subclass `Task` and override "
+        "`build_messages`, `parse_action` and `answer_grammar` (the README's 'Use your own env')."
     )

@@ -42,6 +42,7 @@ from .checkpointing import (  # noqa: F401  (re-exported: they lived here)
     write_model_card,
 )
 from .config import VLMPPOConfig
+from .distributed import LockStepActor
 from .evaluation import EvalResult, evaluate_episodes, random_legal_action  # noqa: F401
 from .envs.adapter import HistoryWrapper, is_image_space
 from .faults import FaultHandlingMixin, NumericFaultError, nonfinite_samples  # noqa: F401  (re-exported)
@@ -75,7 +76,8 @@ from .saved_agent import (  # noqa: F401  (load_policy_weights: re-exported)
     load_value_head,
     read_agent_config,
 )
-from .tasks import Task, get_task
+from .tasks import Task, get_task  # noqa: F401  (get_task: re-exported)
+from .user_code import TrainerHooksTask, overridden_hooks, resolve_task
 
 # The trainer's logger; the mixins (acting, faults, checkpointing) log through it too, by its name.
 logger = logging.getLogger(__name__)
@@ -129,7 +131,8 @@ class VLMPPOTrainer(ActingMixin, GroupRolloutMixin, FaultHandlingMixin, Checkpoi
             raise TypeError(f"`args` must be a VLMPPOConfig, got {type(args).__name__}.")
         set_seed(args.seed)  # LoRA and value-head initialisation happen before Trainer.__init__ seeds
         self.env_id = env if isinstance(env, str) else None
-        self.task = task if task is not None else (get_task(env) if isinstance(env, str) else None)
+        self._hooks = overridden_hooks(type(self))  # the hooks this subclass overrides (the README's own-env way)
+        self.task = resolve_task(env, task, self._hooks)
 
         # Policy, processor, PEFT, value head. A saved agent folder continues training (adapter + value head).
         saved_agent = isinstance(model, str) and os.path.isfile(os.path.join(model, AGENT_CONFIG))
@@ -197,7 +200,9 @@ class VLMPPOTrainer(ActingMixin, GroupRolloutMixin, FaultHandlingMixin, Checkpoi
             processing_class, policy.config, keep_ids=self.eos_token_ids
         )
         wrapper = PolicyAndValue(policy, value_head, self.suppress_token_ids)
-        self._default_parser = type(self).parse_action is VLMPPOTrainer.parse_action
+        self._default_parser = "parse_action" not in self._hooks
+        # What the saved agent records as its task (`vlm_env_ppo.user_code`): the task, or these hooks around it.
+        self.agent_task = TrainerHooksTask.from_trainer(self) if self._hooks else self.task
         self.constraint = self._grammar_constraint(args, tokenizer, policy)  # None unless constrained_decoding
 
         super().__init__(
@@ -477,6 +482,8 @@ class VLMPPOTrainer(ActingMixin, GroupRolloutMixin, FaultHandlingMixin, Checkpoi
         opt_steps = args.num_updates * args.optimizer_steps_per_update
         self.create_optimizer_and_scheduler(num_training_steps=opt_steps)
         self.model_wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if self.is_deepspeed_enabled:
+            self.deepspeed = self.model_wrapped  # what Trainer's `save_model` and checkpoints save through
         if self.accelerator.num_processes > 1:
             # Identical weights came from one seed; sampling must not be identical too, or processes that see the same
             # frame write the same completion (TRL's GRPOTrainer seeds per process likewise). Resuming restores these.
@@ -548,10 +555,10 @@ class VLMPPOTrainer(ActingMixin, GroupRolloutMixin, FaultHandlingMixin, Checkpoi
         returns ``eval/success_rate``, ``eval/episode_return``, ``eval/episode_length``, ``eval/invalid_action_rate``.
         The training envs and the global RNG states (python, numpy, torch, CUDA) are left as they were.
 
-        With several processes and replicated weights (DDP), each process plays its share of the episodes
-        (``k ≡ rank mod world size``) and the results are merged, so every process returns the same metrics for the
-        same episodes as one process would (greedy). Under ZeRO-3 / FSDP every generation is a collective, so every
-        process plays all the episodes."""
+        With several processes each plays its share of the episodes (``k ≡ rank mod world size``) and the results
+        are merged, so every process returns the same metrics for the same episodes as one process would (greedy).
+        Under ZeRO-3 / FSDP every generation gathers weights, a collective: the processes act in lock-step
+        (`LockStepActor`), those whose episodes are done acting on a placeholder until all are."""
         args = self.args
         num_episodes = num_episodes or args.eval_episodes
         seed = args.eval_seed if seed is None else seed
@@ -559,15 +566,18 @@ class VLMPPOTrainer(ActingMixin, GroupRolloutMixin, FaultHandlingMixin, Checkpoi
         make_env = self.envs.env_fns[0] if hasattr(self.envs, "env_fns") else None
         if make_env is None:
             raise ValueError("evaluate() needs an env factory: pass the env as an id or a factory, not a VectorEnv.")
-        share = None
-        if self._shard_evaluation():
+        share = lockstep = None
+        if self.accelerator.num_processes > 1:
             share = range(self.accelerator.process_index, num_episodes, self.accelerator.num_processes)
+        act_batch = lambda obs, infos: self.act(obs, infos, greedy=greedy, score=False).parsed  # noqa: E731
+        if share is not None and self._sharded_weights():
+            act_batch = lockstep = LockStepActor(act_batch, self.accelerator, make_env, seed)
         # `evaluate_episodes` seeds every global RNG (`set_seed(seed)`): without the restore, every rollout after a
         # periodic evaluation would replay the same random streams.
         rng = rng_states()
         try:
             result = evaluate_episodes(
-                lambda obs, infos: self.act(obs, infos, greedy=greedy, score=False).parsed,
+                act_batch,
                 make_env,
                 num_episodes,
                 seed,
@@ -575,6 +585,8 @@ class VLMPPOTrainer(ActingMixin, GroupRolloutMixin, FaultHandlingMixin, Checkpoi
                 task=self.task,
                 episode_indices=share,
             )
+            if lockstep is not None:
+                lockstep.finish()
         finally:
             set_rng_states(rng)
         if share is not None:
@@ -582,18 +594,12 @@ class VLMPPOTrainer(ActingMixin, GroupRolloutMixin, FaultHandlingMixin, Checkpoi
         metrics = result.metrics(metric_key_prefix)
         # The model card, `vlm_env_ppo.json` and the CLI read the last evaluation under the "eval/" keys, whatever
         # prefix this call logged it under.
-        self.last_eval = result.metrics("eval")
+        # When, and how, it was taken: a later summary or model card must not present it as the trained agent's.
+        self.last_eval = result.metrics("eval") | {
+            "eval/update": self.state.global_step, "eval/env_steps": self.env_steps, "eval/greedy": bool(greedy)
+        }
         self.log(metrics)
         return metrics
-
-    def _shard_evaluation(self) -> bool:
-        """Whether processes can play different episodes: only when each holds whole weights (DDP), since sharded
-        weights (ZeRO-3, FSDP) make every generation a collective that all processes must join."""
-        if self.accelerator.num_processes == 1 or getattr(self, "is_fsdp_enabled", False):
-            return False
-        return self.accelerator.distributed_type not in (
-            DistributedType.DEEPSPEED, DistributedType.FSDP, DistributedType.XLA, DistributedType.MEGATRON_LM
-        )
 
     # ------------------------------------------------------------------ saving: `CheckpointingMixin` (checkpointing.py)
     # ------------------------------------------------------------------ faults: `FaultHandlingMixin` (faults.py)
