@@ -19,8 +19,8 @@ steps that count). It is zero waste when every episode has the same length and `
 with `num_steps` equal to the env's time limit each group plays exactly one round per rollout that always completes:
 verl-agent's and the GiGPO paper's setting (one episode per env per iteration, finished envs inactive).
 
-`GroupRolloutMixin` holds the rollout side (reset, track, restart) and the advantage phase of these estimators
-(`vlm_env_ppo.advantages.group_relative_advantages` holds the math). `VLMPPOTrainer` mixes it in.
+`AdvantageMixin` holds the trainer's advantage phase (GAE, or these estimators) and their rollout side (reset, track,
+restart); `vlm_env_ppo.advantages` holds the math. `VLMPPOTrainer` mixes it in.
 """
 
 from __future__ import annotations
@@ -30,7 +30,13 @@ import hashlib
 import numpy as np
 import torch
 
-from .advantages import GROUP_ESTIMATORS, group_relative_advantages
+from .advantages import (
+    GROUP_ESTIMATORS,
+    compute_gae,
+    group_relative_advantages,
+    normalize_advantages,
+    spread_back_in_episodes,
+)
 from .buffer import RolloutBatch, Sample
 from .faults import nonfinite_samples
 from .rollout import unbatch_infos
@@ -50,8 +56,42 @@ def state_key(sample: Sample) -> str:
     return digest.hexdigest()
 
 
-class GroupRolloutMixin:
-    """Round bookkeeping in `collect_rollout` and the advantage phase of the group estimators."""
+class AdvantageMixin:
+    """`VLMPPOTrainer`'s advantage phase (`compute_advantages`: GAE, or the group estimators) and the round bookkeeping
+    of the group estimators' rollouts (`collect_rollout` calls `_start_group_rollout` and `_track_groups`)."""
+
+    def compute_advantages(self, batch: RolloutBatch) -> None:
+        """Phase 2 of `train`: advantages (and returns) of the rollout, by ``advantage_estimator``: GAE with the value
+        head, normalised over all processes, or a group estimator (`_group_advantages`)."""
+        if self.args.advantage_estimator != "gae":
+            return self._group_advantages(batch)
+        # A non-finite rollout statistic (e.g. a bf16 overflow in the scoring forward) must not poison GAE: it would
+        # spread to every earlier step of that env and, through whitening, to the whole batch. It enters GAE as 0, and
+        # its sample and the earlier samples of its episode (whose advantages were bootstrapped through that 0) get a
+        # NaN advantage and return, so the minibatches holding them are skipped (`ppo_update`).
+        nonfinite = nonfinite_samples(batch)  # (num_steps, num_envs)
+        self._nonfinite_samples = int(nonfinite.sum())
+        bad = spread_back_in_episodes(nonfinite, batch.terminated | batch.truncated)
+        finite = lambda x: torch.nan_to_num(x.float(), nan=0.0, posinf=0.0, neginf=0.0)
+        advantages, returns = compute_gae(
+            finite(batch.rewards),
+            finite(batch.values),
+            batch.terminated,
+            batch.truncated,
+            finite(batch.final_values),
+            finite(batch.next_value),
+            self.args.gamma,
+            self.args.lam,
+        )
+        advantages[bad], returns[bad] = float("nan"), float("nan")
+        batch.returns = returns
+        self._advantage_stats = {}
+        if self.args.whiten_advantages:
+            # Global statistics: every process normalises with the mean/std of all processes' advantages.
+            all_advantages = self.accelerator.gather(advantages.to(self.accelerator.device)).cpu()
+            advantages, stats = normalize_advantages(advantages, self.args.advantage_std_floor, all_advantages)
+            self._advantage_stats = {"advantages/raw_std": stats["std"], "advantages/scale": stats["scale"]}
+        batch.advantages = advantages
 
     @property
     def uses_groups(self) -> bool:
