@@ -89,6 +89,10 @@ def run_one(probe: str, seed: int, overrides: dict, eval_episodes: int, quick: b
         "success": success,
         "invalid": invalid,
         **convergence(success),
+        # critic-free estimators, per update: share of steps in complete group rounds; GiGPO: in step groups > 1
+        **{key.split("/")[1]: [h.get(key) for h in trainer.state.log_history if "env/success_rate" in h]
+           for key in ("advantages/grouped_fraction", "advantages/step_group_fraction")
+           if overrides.get("advantage_estimator", "gae") != "gae"},
         "final_greedy_success": result["eval/success_rate"],
         "final_invalid_rate": result["eval/invalid_action_rate"],
         "wall_s": round(time.time() - start, 1),
