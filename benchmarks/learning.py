@@ -61,6 +61,7 @@ PROBES = {
     "Trap": "vlm_env_ppo/Trap-v0",
     "Memory": "vlm_env_ppo/Memory-v0",
     "GridNav": "vlm_env_ppo/GridNav-v0",
+    "SokobanProbe": "vlm_env_ppo/SokobanProbe-v0",
 }
 
 

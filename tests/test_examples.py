@@ -213,3 +213,18 @@ def test_example_configs_parse_to_the_papers_settings(config):
     assert args.batch_size == steps_per_update and args.num_updates == 15_000 // steps_per_update
     assert args.per_device_train_batch_size == micro_batch and args.gradient_accumulation_steps == 128 // micro_batch
     assert script_args.final_eval_episodes == (1000 if task == "blackjack" else 200)  # RL4VLM's eval-num-per-episode
+
+
+def test_sokoban_example_runs_the_verl_agent_config_with_the_text_grid(tiny_vlm_path, tmp_path):
+    """examples/sokoban.py with no ``--config``: verl-agent's YAML (its rules and temperature come only from there), the
+    text-grid task (the room as symbols in the prompt), one PPO update under constrained decoding, the agent saved."""
+    out = tmp_path / "agent"
+    stdout = run_example(
+        "sokoban.py", "--text_grid", "true", "--model_name_or_path", tiny_vlm_path("llava_next"), "--output_dir",
+        str(out), *TINY_FLAGS, "--max_new_tokens", "40", cwd=tmp_path,
+    )  # fmt: skip
+    assert "vlm-env-ppo: 4 env steps on vlm_env_ppo/Sokoban-v0." in stdout
+    saved = json.loads((out / "vlm_env_ppo.json").read_text())
+    assert saved["env_kwargs"] == {"rules": "verl-agent"} and saved["temperature"] == 1.0  # YAML
+    assert saved["constrained_decoding"] and saved["max_new_tokens"] == 40  # YAML, flags
+    assert saved["last_eval"]["eval/invalid_action_rate"] == 0.0, "constrained decoding: every answer legal"

@@ -39,6 +39,8 @@ import numpy as np
 from . import envs as _envs  # noqa: F401  (registers the environments)
 from .envs.formula import BLANK, DEFAULT_RULES, join_formula
 from .envs.probe import COLORS
+from .envs.frozen_lake import solve_frozen_lake
+from .envs.sokoban_levels import DIRECTION_NAMES, solve
 from .envs.solvers import blackjack_basic_strategy, number_line_oracle, solve_points
 from .tasks import Task, get_task, to_pil_image
 
@@ -131,6 +133,35 @@ def color_choice_expert(observation, info: dict, env: gym.Env) -> tuple[int, str
     return names.index(name), f"The image is filled with {name}."
 
 
+def sokoban_expert(observation, info: dict, env: gym.Env) -> tuple[int, str]:
+    """Sokoban: the first move of a shortest solution (`vlm_env_ppo.envs.sokoban_levels.solve` on the env's level),
+    saying where the player, the boxes and the targets are (row, column, from the top left) and how many moves
+    remain."""
+    level = env.level
+    plan = solve(level)
+    cells = lambda items: _join([f"({r}, {c})" for r, c in items])  # noqa: E731
+    seen = (f"I am at {cells([level.player])}; the box{'es are' if len(level.boxes) > 1 else ' is'} at "
+            f"{cells(level.boxes)} and the target{'s are' if len(level.targets) > 1 else ' is'} at "
+            f"{cells(level.targets)}.")
+    if not plan:  # unsolvable from here (a box stuck) or already solved: any move
+        return 0, f"{seen} No sequence of moves solves the room from here, so I move up."
+    first = DIRECTION_NAMES[plan[0]]
+    return plan[0], f"{seen} The shortest solution takes {len(plan)} more move{'s' if len(plan) > 1 else ''}, " \
+        f"starting with {first}."
+
+
+def frozen_lake_expert(observation, info: dict, env: gym.Env) -> tuple[int, str]:
+    """FrozenLake: the move that maximizes the chance of reaching the goal in the steps left (exact value iteration
+    on gymnasium's transitions, `vlm_env_ppo.envs.frozen_lake.solve_frozen_lake`), saying where the agent is."""
+    left = max(1, env.max_steps - int(info.get("steps", 0)))
+    action = int(solve_frozen_lake(env.desc, env.is_slippery, env.max_steps)[left, env.cell])
+    row, col = divmod(env.cell, env.size)
+    name = env.ACTION_NAMES[action]
+    slip = " The ice is slippery, so" if env.is_slippery else " So"
+    return action, (f"I am at row {row}, column {col}; the goal is at the bottom right.{slip} I move {name}, the "
+                    "safest way towards the goal.")
+
+
 def _join(items) -> str:
     items = [str(i) for i in items]
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
@@ -142,6 +173,8 @@ EXPERTS: dict[str, ExpertFn] = {
     "gym_cards/Points24-v0": points_expert,
     "gym_cards/Blackjack-v0": blackjack_expert,
     "vlm_env_ppo/ColorChoice-v0": color_choice_expert,
+    "vlm_env_ppo/Sokoban-v0": sokoban_expert,
+    "vlm_env_ppo/FrozenLake-v0": frozen_lake_expert,
 }
 
 

@@ -393,6 +393,46 @@ GRID_NAV = Task(
 )
 PROBE_TASKS = (DELAYED_CREDIT, TRAP, MEMORY, GRID_NAV)
 
+
+# ------------------------------------------------------------------------------------- Sokoban (the field's yardstick)
+def sokoban_grid_text(info: dict) -> str:
+    """The Sokoban room as symbols (``info["grid_text"]``), for text-only play."""
+    grid = info.get("grid_text")
+    return f"The current room:\n{grid}" if isinstance(grid, str) and grid else ""
+
+
+# verl-agent's visual Sokoban prompt (agent_system/environments/prompts/sokoban.py), rewritten for this package's
+# frame colours and JSON answer.
+SOKOBAN = Task(
+    env_id="vlm_env_ppo/Sokoban-v0",
+    action_names=("up", "down", "left", "right"),
+    description=(
+        "You are playing Sokoban, seen from above. Push every box onto a target. You are the blue disc; boxes are "
+        "yellow squares (green once on a target), targets are red outlined squares, walls are brown, the floor is "
+        "dark. Each action moves you one square; walking into a box pushes it one square the same way if the square "
+        "behind it is free. You cannot pull a box, so do not push one into a corner or against a wall where it gets "
+        "stuck."
+    ),
+    thoughts_hint="first find yourself, the box and the target, then decide which move brings the box closer to "
+    "the target",
+)
+# The learning probe (`vlm_env_ppo.envs.sokoban.SokobanProbeEnv`): the same game, a one-line description.
+SOKOBAN_PROBE = replace(
+    SOKOBAN,
+    env_id="vlm_env_ppo/SokobanProbe-v0",
+    description="Sokoban: push the yellow box onto the red target; you are the blue disc.",
+)
+# The same game for a text-only model: the room as symbols in every prompt (the text-only systems' grid).
+SOKOBAN_TEXT = replace(
+    SOKOBAN,
+    description=(
+        "You are playing Sokoban. Push every box onto a target. The room is shown as a grid of symbols: # wall, _ "
+        "floor, O target, X box, √ box on target, P you, S you on a target. Each action moves you one square; walking "
+        "into a box pushes it one square the same way if the square behind it is free. You cannot pull a box."
+    ),
+    info_text=sokoban_grid_text,
+)
+
 # --------------------------------------------------------------------------------------- third-party gymnasium envs
 # Made with `vlm_env_ppo.envs.adapter.make_env`: rendered rgb_array frames, the mission text in the prompt.
 MINIGRID_ACTIONS = ("turn left", "turn right", "move forward", "pick up", "drop", "toggle", "done")
@@ -429,6 +469,27 @@ FROZEN_LAKE = Task(
         "flag without stepping into a hole in the ice (the dark blue squares); each action moves you one square."
     ),
     thoughts_hint="first find the elf, the holes and the flag, then decide which direction is safe and closer",
+)
+
+# `vlm_env_ppo.envs.frozen_lake`: a new random map every episode, drawn by this package.
+RANDOM_FROZEN_LAKE = Task(
+    env_id="vlm_env_ppo/FrozenLake-v0",
+    action_names=("left", "down", "right", "up"),  # gymnasium's FrozenLake action order
+    description=(
+        "You are the red disc on a frozen lake seen from above, on a grid of squares. Walk to the green goal square "
+        "without stepping into a hole (the dark blue squares); pale blue squares are safe ice. Each action moves you "
+        "one square; on slippery ice you may slide sideways instead."
+    ),
+    thoughts_hint="first find yourself, the holes and the goal, then decide which direction is safe and closer",
+)
+# The same game for a text-only model: the map as RAGEN's symbols in every prompt.
+RANDOM_FROZEN_LAKE_TEXT = replace(
+    RANDOM_FROZEN_LAKE,
+    description=(
+        "You are on a frozen lake, shown as a grid of symbols: P you, _ ice, O hole, G goal. Walk to the goal without "
+        "stepping into a hole. Each action moves you one square; on slippery ice you may slide sideways instead."
+    ),
+    info_text=lambda info: f"The current map:\n{info['grid_text']}" if info.get("grid_text") else "",
 )
 
 def admissible_commands(info: dict) -> Sequence[str]:
@@ -477,7 +538,10 @@ TASKS: dict[str, Task] = {
         BLACKJACK,
         COLOR_CHOICE,
         *PROBE_TASKS,
+        SOKOBAN,
+        SOKOBAN_PROBE,
         FROZEN_LAKE,
+        RANDOM_FROZEN_LAKE,
         TEXTWORLD,
         ALFWORLD,
         *(minigrid_task(f"MiniGrid-{name}-v0") for name in ("Empty-5x5", "Empty-Random-5x5", "Empty-6x6",

@@ -10,6 +10,11 @@ Importing this package registers, with gymnasium:
 - ``vlm_env_ppo/DelayedCredit-v0``, ``vlm_env_ppo/Trap-v0``, ``vlm_env_ppo/Memory-v0``, ``vlm_env_ppo/GridNav-v0``
   (`vlm_env_ppo.envs.multistep_probes`): multi-step probes, each isolating one thing PPO must get right (delayed
   credit, discounting, memory through ``history_length``, sparse reward with truncation);
+- ``vlm_env_ppo/Sokoban-v0`` (`vlm_env_ppo.envs.sokoban.SokobanEnv`): Sokoban with the standard random generator and
+  the published settings of verl-agent, VAGEN and RAGEN selectable by name (``rules=``), and
+  ``vlm_env_ppo/SokobanProbe-v0`` (`SokobanProbeEnv`), its one-push learning probe for tiny models;
+- ``vlm_env_ppo/FrozenLake-v0`` (`vlm_env_ppo.envs.frozen_lake.FrozenLakeEnv`): gymnasium's FrozenLake on a new random
+  map at every reset, with VAGEN's, RAGEN's and ROLL's map and slipperiness settings by name (``rules=``);
 - ``vlm_env_ppo/TextWorld-v0`` (`vlm_env_ppo.envs.textworld_env.TextWorldEnv`, needs the ``textworld`` extra; pass
   ``game_files=`` or ``games_dir=``) and ``vlm_env_ppo/ALFWorld-v0`` (`vlm_env_ppo.envs.alfworld_env.ALFWorldEnv`,
   needs the ``alfworld`` extra and its data): text games, observations and actions are strings.
@@ -37,6 +42,8 @@ from .number_line import NumberLineEnv
 from .points24 import Points24Env
 from .multistep_probes import DelayedCreditEnv, GridNavEnv, MemoryEnv, TrapEnv
 from .probe import ColorChoiceEnv
+from .frozen_lake import FrozenLakeEnv
+from .sokoban import SokobanEnv, SokobanProbeEnv
 
 ENTRY_POINTS = {
     "gym_cards/NumberLine-v0": "vlm_env_ppo.envs.number_line:NumberLineEnv",
@@ -48,6 +55,9 @@ ENTRY_POINTS = {
     "vlm_env_ppo/Trap-v0": "vlm_env_ppo.envs.multistep_probes:TrapEnv",
     "vlm_env_ppo/Memory-v0": "vlm_env_ppo.envs.multistep_probes:MemoryEnv",
     "vlm_env_ppo/GridNav-v0": "vlm_env_ppo.envs.multistep_probes:GridNavEnv",
+    "vlm_env_ppo/Sokoban-v0": "vlm_env_ppo.envs.sokoban:SokobanEnv",
+    "vlm_env_ppo/FrozenLake-v0": "vlm_env_ppo.envs.frozen_lake:FrozenLakeEnv",
+    "vlm_env_ppo/SokobanProbe-v0": "vlm_env_ppo.envs.sokoban:SokobanProbeEnv",
     # Text games: their modules import textworld/alfworld only when an env is made.
     "vlm_env_ppo/TextWorld-v0": "vlm_env_ppo.envs.textworld_env:TextWorldEnv",
     "vlm_env_ppo/ALFWorld-v0": "vlm_env_ppo.envs.alfworld_env:ALFWorldEnv",
@@ -64,6 +74,9 @@ ACTION_NAMES: dict[str, tuple[str, ...]] = {
     "vlm_env_ppo/Trap-v0": TrapEnv.ACTION_NAMES,
     "vlm_env_ppo/Memory-v0": MemoryEnv.ACTION_NAMES,
     "vlm_env_ppo/GridNav-v0": GridNavEnv.ACTION_NAMES,
+    "vlm_env_ppo/Sokoban-v0": SokobanEnv.ACTION_NAMES,
+    "vlm_env_ppo/FrozenLake-v0": FrozenLakeEnv.ACTION_NAMES,
+    "vlm_env_ppo/SokobanProbe-v0": SokobanProbeEnv.ACTION_NAMES,
 }
 
 
@@ -83,10 +96,13 @@ __all__ = [
     "ColorChoiceEnv",
     "DelayedCreditEnv",
     "EZPointsEnv",
+    "FrozenLakeEnv",
     "GridNavEnv",
     "MemoryEnv",
     "NumberLineEnv",
     "Points24Env",
+    "SokobanEnv",
+    "SokobanProbeEnv",
     "TrapEnv",
     "register_envs",
 ]
