@@ -7,6 +7,9 @@ python benchmarks/learning.py --quick                  # the CI smoke size: one 
 python benchmarks/learning.py --probes ColorChoice Memory --updates 60 --jobs 2 \
     --arms "unconstrained:" "constrained:constrained_decoding=true,warm_start_steps=0" \
     --out benchmarks/constrained_learning.json --plot docs/constrained_learning_curves.png   # both arms, one run
+python benchmarks/learning.py --estimators gae grpo gigpo rloo --group-size 4 --updates 15 --jobs 2 \
+    --set constrained_decoding=true warm_start_steps=0 \
+    --out benchmarks/estimators_learning.json --plot docs/estimators_learning_curves.png   # the four estimators
 ```
 
 For each probe (ColorChoice and the multi-step probes of `vlm_env_ppo.envs.multistep_probes`, with the settings of
@@ -25,7 +28,10 @@ Writes a table, `benchmarks/learning_results.json` and `docs/learning_curves.png
 update, one panel per probe, one line per seed). ``--set key=value`` overrides any `VLMPPOConfig` field on every run
 (A/B comparisons of a change to the loss, the log-probs or generation: run both arms, same seeds); ``--arms`` runs
 several such arms in one run, ``name:key=value,key=value`` each, reported as ``probe (name)``. ``warm_start_steps``
-there replaces the probe's answer-format warm start (0: none).
+there replaces the probe's answer-format warm start (0: none). ``--estimators`` adds one arm per advantage estimator
+(``advantage_estimator=name``, and ``group_size=--group-size`` for the critic-free ones). Runs go seed-major (every
+probe and arm on the first seed, then the next seed), and the JSON is rewritten after every finished run, so a run
+cut short still leaves every arm's first seeds on disk (``"complete": false`` until the end).
 """
 
 from __future__ import annotations
@@ -84,6 +90,10 @@ def run_one(probe: str, seed: int, overrides: dict, eval_episodes: int, quick: b
         "success": success,
         "invalid": invalid,
         **convergence(success),
+        # critic-free estimators, per update: share of steps in complete group rounds; GiGPO: in step groups > 1
+        **{key.split("/")[1]: [h.get(key) for h in trainer.state.log_history if "env/success_rate" in h]
+           for key in ("advantages/grouped_fraction", "advantages/step_group_fraction")
+           if overrides.get("advantage_estimator", "gae") != "gae"},
         "final_greedy_success": result["eval/success_rate"],
         "final_invalid_rate": result["eval/invalid_action_rate"],
         "wall_s": round(time.time() - start, 1),
@@ -118,12 +128,13 @@ def fmt(spread: dict, digits: int = 2) -> str:
 
 
 def table(summaries: dict) -> str:
-    head = (f"{'probe':<14} {'updates to 90%':>16} {'env steps to 90%':>18} {'budget/90%':>12} "
+    width = max([14, *(len(p) for p in summaries)])
+    head = (f"{'probe':<{width}} {'updates to 90%':>16} {'env steps to 90%':>18} {'budget/90%':>12} "
             f"{'worst after 90%':>16} {'greedy success':>15} {'invalid':>8}  holds")
     rows = [head, "-" * len(head)]
     for probe, s in summaries.items():
         rows.append(
-            f"{probe:<14} {fmt(s['updates_to_90']):>16} {fmt(s['env_steps_to_90']):>18} "
+            f"{probe:<{width}} {fmt(s['updates_to_90']):>16} {fmt(s['env_steps_to_90']):>18} "
             f"{fmt(s['budget_over_90'], 1):>12} {fmt(s['worst_after_90']):>16} "
             f"{fmt(s['final_greedy_success']):>15} {fmt(s['final_invalid_rate']):>8}  "
             f"{'yes' if s['holds'] else 'NO'}"
@@ -197,8 +208,6 @@ def parse_overrides(pairs: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     import torch
 
-    from vlm_env_ppo.probes import PROBE_SETTINGS
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--probes", nargs="*", default=list(PROBES), choices=list(PROBES))
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
@@ -210,6 +219,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="PPO updates per run instead of each probe's benchmark budget (a shorter A/B arm)")
     parser.add_argument("--arms", nargs="*", default=None, metavar="NAME:KEY=VALUE,...",
                         help="several override sets, each run on every probe and seed (e.g. with and without a feature)")
+    parser.add_argument("--estimators", nargs="*", default=None, choices=["gae", "grpo", "gigpo", "rloo"],
+                        help="one arm per advantage estimator (with --arms: each arm crossed with each estimator)")
+    parser.add_argument("--group-size", type=int, default=4, help="group_size of the critic-free estimators' arms")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (one core each)")
     parser.add_argument("--out", default=os.path.join(HERE, "learning_results.json"))
     parser.add_argument("--plot", default=os.path.join(ROOT, "docs", "learning_curves.png"))
@@ -220,35 +232,68 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(cli.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     start, load_before = time.time(), os.getloadavg()
-    results: dict[str, list[dict]] = {}
     arms = {"": overrides}
     if cli.arms:
         arms = {}
         for arm in cli.arms:
             name, _, pairs = arm.partition(":")
             arms[name] = {**overrides, **parse_overrides([p for p in pairs.split(",") if p])}
-    jobs = [(probe if not cli.arms else f"{probe} ({name})", probe, seed, arm)
-            for probe in cli.probes for name, arm in arms.items() for seed in cli.seeds]
+    if cli.estimators:
+        arms = {
+            f"{name}{', ' if name else ''}{estimator}": {
+                **arm, "advantage_estimator": estimator, **({"group_size": cli.group_size} if estimator != "gae" else {})
+            }
+            for name, arm in arms.items() for estimator in cli.estimators
+        }
+    named = bool(cli.arms or cli.estimators)
+    jobs = [(probe if not named else f"{probe} ({name})", probe, seed, arm)
+            for seed in cli.seeds for probe in cli.probes for name, arm in arms.items()]
     with tempfile.TemporaryDirectory(prefix="vlm-env-ppo-learning-") as workdir:
         args = [(probe, seed, arm, cli.eval_episodes, cli.quick, os.path.join(workdir, label.replace(" ", "_")),
                  cli.threads, cli.updates) for label, probe, seed, arm in jobs]
+        runs: list[dict | None] = [None] * len(jobs)
+
+        def finished(k: int, run: dict) -> None:
+            runs[k] = run
+            write_report(cli, arms if named else None, overrides, jobs, runs, start, load_before, complete=False)
+
         if cli.jobs > 1:  # one process per run: the runs are independent and single-threaded
             context = multiprocessing.get_context("spawn")
             with concurrent.futures.ProcessPoolExecutor(cli.jobs, mp_context=context) as pool:
-                runs = list(pool.map(quiet_run, args))
+                futures = {pool.submit(quiet_run, a): k for k, a in enumerate(args)}
+                for future in concurrent.futures.as_completed(futures):
+                    finished(futures[future], future.result())
         else:
-            runs = [quiet_run(a) for a in args]
-    for (label, *_), run in zip(jobs, runs):
-        results.setdefault(label, []).append(run)
-    summaries = {probe: summarize(runs) for probe, runs in results.items()}
+            for k, a in enumerate(args):
+                finished(k, quiet_run(a))
+    report = write_report(cli, arms if named else None, overrides, jobs, runs, start, load_before, complete=True)
+    results, summaries = report["runs"], report["summary"]
+    if cli.plot:
+        plot(results, cli.plot)
+    print()
+    print(table(summaries))
+    print(f"\nwall time {report['wall_time_s']:.0f} s; wrote {cli.out}" + (f" and {cli.plot}" if cli.plot else ""))
+    return report
+
+
+def write_report(cli, arms, overrides, jobs, runs, start, load_before, complete: bool) -> dict:
+    """The JSON report of the runs finished so far (in job order, seed-major), written to ``cli.out``."""
+    import torch
     import transformers
 
+    from vlm_env_ppo.probes import PROBE_SETTINGS
+
+    results: dict[str, list[dict]] = {}
+    for (label, *_), run in zip(jobs, runs):
+        if run is not None:
+            results.setdefault(label, []).append(run)
+    summaries = {probe: summarize(runs) for probe, runs in results.items()}
     report = {
         "summary": summaries,
         "settings": {
             "probes": {p: {"env_id": PROBES[p], **PROBE_SETTINGS[PROBES[p]]} for p in cli.probes},
             "overrides": overrides,
-            "arms": arms if cli.arms else None,
+            "arms": arms,
             "seeds": cli.seeds,
             "window": WINDOW,
             "target": TARGET,
@@ -265,15 +310,12 @@ def main(argv: list[str] | None = None) -> dict:
             "torch_threads": cli.threads,
         },
         "wall_time_s": round(time.time() - start, 1),
+        "complete": complete,
         "runs": results,
     }
-    with open(cli.out, "w") as f:
+    with open(cli.out + ".tmp", "w") as f:
         json.dump(report, f, indent=1)
-    if cli.plot:
-        plot(results, cli.plot)
-    print()
-    print(table(summaries))
-    print(f"\nwall time {report['wall_time_s']:.0f} s; wrote {cli.out}" + (f" and {cli.plot}" if cli.plot else ""))
+    os.replace(cli.out + ".tmp", cli.out)
     return report
 
 

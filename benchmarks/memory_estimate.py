@@ -3,6 +3,7 @@
 ```bash
 python benchmarks/memory_estimate.py            # LLaVA-1.6-Mistral-7B, Qwen2.5-VL-7B, Qwen3-VL-8B, Gemma-3-4B
 python benchmarks/memory_estimate.py --verify-peft   # also count the LoRA parameters by real PEFT injection (~30 s)
+python benchmarks/memory_estimate.py --critic-free   # also each setting without the value head (GRPO/RLOO/GiGPO)
 ```
 
 The models are built on the meta device from their config values (written below, copied from the public
@@ -38,6 +39,11 @@ Update phase (micro-batch 1, gradient checkpointing per decoder layer)
     logits                completion tokens only: (C + 1) * vocab * (2 + 4 + 4 + 4) B (bf16, fp32, log-softmax, grad).
 Overhead                  1.0 GB for the CUDA context, cuBLAS workspaces and allocator fragmentation.
 
+Without the critic (``advantage_estimator`` ``grpo``/``rloo``/``gigpo``, ``Setting(critic=False)``): no value head and
+no AdamW states or gradients for it, and the scoring forward runs without ``output_hidden_states`` (it keeps only the
+last layer's output, ``num_envs * seq * hidden * 2 B``, not all ``layers + 1``); the rollout also skips the value
+forwards of the truncated episodes' final observations and of the observations after the last step (time, not peak).
+
 peak = persistent + max(rollout, update). Sequence lengths: the image tokens the model's own processor makes of a
 300x300 gym_cards frame (LLaVA-NeXT any-res at 336 px: base 24x24 grid + unpadded high-res grid + newline tokens;
 Qwen2.5-VL: 14 px patches merged 2x2), the longest gym_cards CoT prompt text at 4 characters per token, and
@@ -47,6 +53,7 @@ Qwen2.5-VL: 14 px patches merged 2x2), the longest gym_cards CoT prompt text at 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import math
 import types
@@ -338,6 +345,7 @@ class Setting:
     frame: tuple[int, int] = (300, 300)
     separate_4bit_reference: bool = True
     value_head_hidden: tuple[int, ...] = (1024, 512)
+    critic: bool = True  # False: a critic-free estimator (no value head, no hidden states kept in scoring)
 
 
 def layer_activation_bytes_per_token(hidden: int, intermediate: int, kv_dim: int, r: int, gated: bool) -> float:
@@ -374,6 +382,7 @@ def estimate(setting: Setting, model=None, config=None) -> dict:
     B = setting.micro_batch
 
     value_head = sum(a * b + b for a, b in zip((H, *setting.value_head_hidden), (*setting.value_head_hidden, 1)))
+    value_head *= setting.critic
     trainable = counts.lora + value_head
     if setting.qlora:
         weights = counts.linear_weights * NF4_BYTES_PER_PARAM + counts.other * 4
@@ -392,7 +401,8 @@ def estimate(setting: Setting, model=None, config=None) -> dict:
     }
     rollout = {
         f"KV cache ({setting.num_envs} envs)": setting.num_envs * seq * L * 2 * kv_dim * 2,
-        "scoring forward hidden states": setting.num_envs * (L + 1) * prompt * H * 2 + setting.num_envs * seq * H * 2,
+        "scoring forward hidden states": setting.num_envs * (L + 1) * prompt * H * 2 * setting.critic
+        + setting.num_envs * seq * H * 2,
         "scoring logits (completion only)": setting.num_envs * (C + 1) * V * 10,
     }
     per_token_lm = layer_activation_bytes_per_token(H, I, kv_dim, setting.lora_r, gated=True)
@@ -465,14 +475,18 @@ SETTINGS = {
 }
 
 
+@functools.cache
+def config_and_meta_model(name: str):
+    """One config and meta model per architecture, shared by every setting and comparison."""
+    config = build_config(name)
+    return config, build_meta_model(config)
+
+
 def run(verify_peft: bool = False, verbose: bool = True) -> dict:
     """All four estimates; one meta model per architecture."""
     results, models = {}, {}
     for key, setting in SETTINGS.items():
-        if setting.model not in models:
-            config = build_config(setting.model)
-            models[setting.model] = (config, build_meta_model(config))
-        config, model = models[setting.model]
+        config, model = models[setting.model] = config_and_meta_model(setting.model)
         results[key] = estimate(setting, model=model, config=config)
         if verbose:
             print(format_breakdown(results[key]), flush=True)
@@ -486,14 +500,39 @@ def run(verify_peft: bool = False, verbose: bool = True) -> dict:
     return results
 
 
+def critic_free_comparison(verbose: bool = True) -> dict:
+    """Every setting with and without the value head: ``{key: {"critic": GB, "critic_free": GB, ...}}``."""
+    out = {}
+    for key, setting in SETTINGS.items():
+        config, model = config_and_meta_model(setting.model)
+        with_critic = estimate(setting, model=model, config=config)
+        without = estimate(dataclasses.replace(setting, critic=False), model=model, config=config)
+        out[key] = {
+            "critic_gb": with_critic["peak_gb"], "critic_free_gb": without["peak_gb"],
+            "critic_rollout_gb": sum(with_critic["rollout_gb"].values()),
+            "critic_free_rollout_gb": sum(without["rollout_gb"].values()),
+            "saved_gb": with_critic["peak_gb"] - without["peak_gb"],
+        }
+    if verbose:
+        print(f"{'setting':<34} {'GAE (critic)':>13} {'critic-free':>12} {'saved':>7}   rollout phase: critic / free")
+        for key, r in out.items():
+            print(f"{key:<34} {r['critic_gb']:10.2f} GB {r['critic_free_gb']:9.2f} GB {r['saved_gb']:7.2f}   "
+                  f"{r['critic_rollout_gb']:.2f} / {r['critic_free_rollout_gb']:.2f} GB")
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--verify-peft", action="store_true", help="count LoRA params by real PEFT injection too")
+    parser.add_argument("--critic-free", action="store_true", help="also compare each setting without the value head")
     args = parser.parse_args()
     results = run(verify_peft=args.verify_peft)
     print()
     for key, r in results.items():
         print(f"{key:<34} {r['peak_gb']:6.1f} GB")
+    if args.critic_free:
+        print()
+        critic_free_comparison()
 
 
 if __name__ == "__main__":

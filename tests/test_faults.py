@@ -338,7 +338,9 @@ def test_nonfinite_rollout_samples_do_not_spread_through_gae():
     batch.logprobs[1, 1] = float("inf")
     batch.terminated[0, 0] = True  # env 0's first episode ended after step 0: step 0 does not read step 2
     fake = SimpleNamespace(
-        args=SimpleNamespace(gamma=0.9, lam=0.95, whiten_advantages=True, advantage_std_floor=0.0),
+        args=SimpleNamespace(
+            gamma=0.9, lam=0.95, whiten_advantages=True, advantage_std_floor=0.0, advantage_estimator="gae"
+        ),
         accelerator=SimpleNamespace(device="cpu", gather=lambda t: t),
     )
     VLMPPOTrainer.compute_advantages(fake, batch)
@@ -480,6 +482,12 @@ CONFIG_ERRORS = [
      r"per_device_train_batch_size \(3\) must divide mini_batch_size"),
     ("gradient_accumulation_steps", {"gradient_accumulation_steps": 3}, r"gradient_accumulation_steps \(3\) disagrees"),
     ("total_env_steps", {"total_env_steps": 3}, r"total_env_steps \(3\) is smaller than one update"),
+    ("advantage_estimator", {"advantage_estimator": "ppo"}, r"`advantage_estimator` must be one of"),
+    ("gigpo_step_weight", {"gigpo_step_weight": -1.0}, r"`gigpo_step_weight` must be a finite number >= 0"),
+    ("gigpo_gamma", {"gigpo_gamma": 1.5}, r"`gigpo_gamma` must be in \[0, 1\]"),
+    ("group_size", {"advantage_estimator": "grpo", "group_size": 1}, r"`group_size` must be an int >= 2"),
+    ("group_size", {"advantage_estimator": "grpo", "num_envs": 3, "group_size": 2, "num_mini_batches": 1},
+     r"`num_envs` \(3\) must be a multiple of `group_size` \(2\)"),
 ]
 
 

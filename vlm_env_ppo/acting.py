@@ -195,7 +195,7 @@ class ActingMixin:
         )
         weights = token_weights(completion_mask, out.action_token_starts, self.args.cot_logprob_coef)
         out.logprobs = weighted_logprob(per_token_logprobs, weights).float().cpu()
-        out.values = values.float().cpu()
+        out.values = values.float().cpu() if values is not None else torch.zeros(n)  # None: critic-free
         if self.args.kl_coef > 0:
             ref_logprobs = self._ref_logprobs(device_inputs, completion_ids, completion_mask, allowed)
             kl = kl_penalty(per_token_logprobs, ref_logprobs, self.args.kl_estimator) * completion_mask
@@ -351,6 +351,8 @@ class ActingMixin:
         batch = RolloutBatch(args.num_steps, args.num_envs)
         self._output_faults = {}
         to_bootstrap: list[tuple] = []  # (step, env, final observation, final info) of truncated episodes
+        if self.uses_groups:  # every group starts on a fresh shared seed (`vlm_env_ppo.groups`)
+            self._start_group_rollout()
         for t in range(args.num_steps):
             out = self.act(self._obs, self._infos)
             self._count_output_faults(out)
@@ -380,19 +382,24 @@ class ActingMixin:
             batch.terminated[t] = torch.as_tensor(terminated)
             batch.truncated[t] = torch.as_tensor(truncated)
             batch.completion_lengths[t] = torch.tensor([len(c) for c in out.completions])
-            for i in np.flatnonzero(truncated & ~terminated & ~broken):
+            bootstrap = truncated & ~terminated & ~broken & (self.value_head is not None)  # critic-free: none
+            for i in np.flatnonzero(bootstrap):
                 to_bootstrap.append((t, int(i), infos_list[i]["final_obs"], final_infos[i]))
             self._obs, self._infos = obs, infos_list
+            if self.uses_groups:
+                self._track_groups(batch, t, np.logical_or(terminated, truncated))
         # Values of the truncated episodes' final observations, batched here rather than per step: every process
         # then runs the same number of critic forwards however its episodes ended (under ZeRO-3/FSDP a forward is a
         # collective, and a process waiting in one would hang). Then the observations after the last step; the next
         # rollout's first `act` reuses their processor outputs.
         if self.constraint is not None:
             self._check_grammar_fits()
-        values = self._batched_values([b[2] for b in to_bootstrap], [b[3] for b in to_bootstrap])
-        for k, (t, i, _, _) in enumerate(to_bootstrap):
-            batch.final_values[t, i] = values[k]
-        batch.next_value = self.value_of(self._obs, self._infos)
+        # Critic-free estimators (no value head) need neither.
+        if self.value_head is not None:
+            values = self._batched_values([b[2] for b in to_bootstrap], [b[3] for b in to_bootstrap])
+            for k, (t, i, _, _) in enumerate(to_bootstrap):
+                batch.final_values[t, i] = values[k]
+            batch.next_value = self.value_of(self._obs, self._infos)
         penalty = torch.where(batch.valid, 0.0, args.invalid_action_penalty)
         batch.rewards = batch.env_rewards + penalty - args.kl_coef * batch.kl
         self._free_device_memory()
@@ -423,6 +430,7 @@ class ActingMixin:
         lengths = self.accelerator.gather(batch.completion_lengths.float().to(self.accelerator.device)).mean()
         nan = float("nan")
         ok = torch.isfinite(values) & torch.isfinite(returns)  # samples with non-finite rollout stats were skipped
+        ok &= self.value_head is not None  # critic-free estimators have no values to report
         values, returns = values[ok], returns[ok]
         counts = torch.tensor([self.env_errors, self._nonfinite_samples], device=self.accelerator.device)
         env_errors, nonfinite = (int(c) for c in self.accelerator.gather(counts).view(-1, 2).sum(0))

@@ -146,3 +146,173 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
     if estimator == "k3":
         return torch.expm1(-log_ratio) + log_ratio
     raise ValueError(f"Unknown kl_estimator {estimator!r}; use 'k1' or 'k3'.")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Critic-free, group-relative estimators (`VLMPPOConfig.advantage_estimator` "grpo", "rloo", "gigpo").
+#
+# A *group* is `group_size` envs reset on the same seed, so their episodes start from the same initial state; each time
+# the group restarts together it plays one *round* of `group_size` episodes (see `vlm_env_ppo.groups`). The functions
+# below take one rollout's `(num_steps, num_envs)` tensors and the round of every step (`-1` for steps outside any
+# complete round), and give every step of a complete round its advantage.
+
+GROUP_ESTIMATORS = ("grpo", "rloo", "gigpo")
+
+
+def _group_index(keys: list) -> torch.Tensor:
+    """Dense ids ``0..G-1`` of hashable ``keys``, in order of first appearance."""
+    ids: dict = {}
+    return torch.tensor([ids.setdefault(k, len(ids)) for k in keys], dtype=torch.long)
+
+
+def group_normalize(
+    scores: torch.Tensor, groups: torch.Tensor, std_floor: float = 0.0, scale_by_std: bool = True
+) -> torch.Tensor:
+    """Each score minus its group's mean, divided by ``max(std, std_floor)`` of the group (``scale_by_std``).
+
+    GRPO's group-relative advantage (Shao et al. 2024, arXiv 2402.03300) and GiGPO's episode- and step-level
+    normalisation (Feng et al. 2025, "Group-in-Group Policy Optimization for LLM Agent Training", arXiv 2505.10978,
+    eqs. for A^E and A^S, whose F_norm is the std or 1). The std is the unbiased one over the group, as
+    verl-agent's ``episode_norm_reward`` / ``step_norm_reward`` (gigpo/core_gigpo.py) compute it; where it adds
+    ``epsilon=1e-6`` this floors it at ``std_floor`` (`VLMPPOConfig.advantage_std_floor`: a group whose returns barely
+    differ is not blown up to unit scale). ``scale_by_std=False`` is verl-agent's ``mode="mean_norm"`` (Dr. GRPO's
+    unscaled advantage). A group of one has no one to compare with: its advantage is 0 (verl-agent's step level does
+    the same; its episode level keeps a lone episode's raw score, which cannot happen here: a round is always whole).
+
+    Args:
+        scores: ``(n,)`` float.
+        groups: ``(n,)`` long, the group of each score.
+    Returns:
+        ``(n,)`` advantages.
+    """
+    scores = scores.float()
+    num_groups = int(groups.max()) + 1 if groups.numel() else 0
+    counts = torch.zeros(num_groups).index_add_(0, groups, torch.ones_like(scores))
+    mean = torch.zeros(num_groups).index_add_(0, groups, scores) / counts.clamp(min=1)
+    centred = scores - mean[groups]
+    if not scale_by_std:
+        return centred
+    sq = torch.zeros(num_groups).index_add_(0, groups, centred**2)
+    std = (sq / (counts - 1).clamp(min=1)).sqrt()
+    return centred / std.clamp(min=max(std_floor, 1e-6))[groups]
+
+
+def leave_one_out_advantages(scores: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """RLOO: each score minus the mean of the *other* scores of its group (Kool et al. 2019, "Buy 4 REINFORCE
+    samples, get a baseline for free!"; Ahmadian et al. 2024, arXiv 2402.14740), an unbiased baseline, not scaled by
+    any std (verl's ``compute_rloo_outcome_advantage``: ``score * n/(n-1) - mean * n/(n-1)``, the same number). A
+    group of one has no other score: advantage 0."""
+    scores = scores.float()
+    num_groups = int(groups.max()) + 1 if groups.numel() else 0
+    counts = torch.zeros(num_groups).index_add_(0, groups, torch.ones_like(scores))[groups]
+    sums = torch.zeros(num_groups).index_add_(0, groups, scores)[groups]
+    others = (sums - scores) / (counts - 1).clamp(min=1)
+    return torch.where(counts > 1, scores - others, torch.zeros_like(scores))
+
+
+def discounted_returns(rewards: torch.Tensor, done: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``G_t = r_t + gamma * G_{t+1}`` within each episode (``done[t]``: the episode ended after step ``t``); a step
+    whose episode the rollout's end cuts off sums only the rewards stored (callers drop such steps). GiGPO's step
+    return (arXiv 2505.10978; verl-agent's ``compute_step_discounted_returns``). ``(num_steps, num_envs)`` in and
+    out."""
+    out = torch.zeros_like(rewards, dtype=torch.float32)
+    running = torch.zeros(rewards.shape[1])
+    for t in reversed(range(rewards.shape[0])):
+        running = rewards[t].float() + gamma * running * (~done[t].bool()).float()
+        out[t] = running
+    return out
+
+
+def group_relative_advantages(
+    estimator: str,
+    rewards: torch.Tensor,
+    done: torch.Tensor,
+    rounds: torch.Tensor,
+    state_keys: list | None = None,
+    *,
+    std_floor: float = 0.0,
+    scale_by_std: bool = True,
+    step_gamma: float = 0.95,
+    step_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """Advantages of the critic-free estimators for one rollout.
+
+    Every episode's return is the plain sum of its rewards (penalties and the KL term included), the episode-level
+    score of GRPO, RLOO and GiGPO. An episode belongs to a round (``rounds``); a round is *complete* when every one of
+    its episodes ended within the rollout, and only complete rounds are compared (an episode cut off by the rollout's
+    end has no return yet). Steps outside complete rounds get advantage 0 and ``False`` in the returned mask.
+
+    - ``"grpo"``: `group_normalize` of the episode returns within the round, given to every step of the episode.
+    - ``"rloo"``: `leave_one_out_advantages` of the episode returns, likewise.
+    - ``"gigpo"`` (arXiv 2505.10978): the GRPO episode advantage ``A^E`` plus ``step_weight`` (ω) times a step-level
+      one ``A^S``: the steps of a round whose states are identical (equal ``state_keys``) form a step group (the
+      paper's anchor-state groups; verl-agent's ``build_step_group``), and their `discounted_returns` (discount
+      ``step_gamma``) are normalised within it (`group_normalize`; a step group of one gets ``A^S = 0``).
+
+    Args:
+        rewards, done: ``(num_steps, num_envs)``; ``done`` is ``terminated | truncated`` (a time limit ends the
+            episode too: its return is what it earned, as in verl-agent).
+        rounds: ``(num_steps, num_envs)`` long: the round of each step (ids shared by the envs of one group's round),
+            ``-1`` for steps that belong to none (an env waiting for its group to finish).
+        state_keys: ``num_steps * num_envs`` hashables, step-major (``t * num_envs + e``); only ``"gigpo"`` reads
+            them.
+
+    Returns:
+        ``(advantages, included, stats)``: ``(num_steps, num_envs)`` advantages and bool mask, and
+        ``{"grouped_fraction", "step_group_fraction"}`` (the share of steps in complete rounds and, for GiGPO, the
+        share of those in a step group of more than one step: the premise of its step level).
+    """
+    if estimator not in GROUP_ESTIMATORS:
+        raise ValueError(f"Unknown group estimator {estimator!r}; use one of {GROUP_ESTIMATORS}.")
+    num_steps, num_envs = rewards.shape
+    done = done.bool()
+    # Episodes: consecutive steps of one env within one round, up to and including a done step.
+    episode = torch.full((num_steps, num_envs), -1, dtype=torch.long)
+    episode_round, episode_ended, returns = [], [], []
+    for e in range(num_envs):
+        current = -1
+        for t in range(num_steps):
+            r = int(rounds[t, e])
+            if r < 0:
+                current = -1
+                continue
+            if current < 0 or episode_round[current] != r or episode_ended[current]:
+                current = len(episode_round)
+                episode_round.append(r)
+                episode_ended.append(False)
+                returns.append(0.0)
+            episode[t, e] = current
+            returns[current] += float(rewards[t, e])
+            episode_ended[current] = bool(done[t, e])
+    complete_rounds = set(episode_round) - {r for r, ended in zip(episode_round, episode_ended) if not ended}
+    kept = [k for k, r in enumerate(episode_round) if r in complete_rounds]
+    advantages = torch.zeros(num_steps, num_envs)
+    included = torch.zeros(num_steps, num_envs, dtype=torch.bool)
+    stats = {"grouped_fraction": 0.0, "step_group_fraction": float("nan")}
+    if not kept:
+        return advantages, included, stats
+    scores = torch.tensor([returns[k] for k in kept])
+    groups = _group_index([episode_round[k] for k in kept])
+    if estimator == "rloo":
+        per_episode = leave_one_out_advantages(scores, groups)
+    else:
+        per_episode = group_normalize(scores, groups, std_floor, scale_by_std)
+    episode_advantage = torch.zeros(len(episode_round))
+    episode_advantage[torch.tensor(kept)] = per_episode
+    included = (episode >= 0) & torch.isin(episode, torch.tensor(kept))
+    advantages[included] = episode_advantage[episode[included]]
+    stats["grouped_fraction"] = float(included.float().mean())
+    if estimator == "gigpo":
+        if state_keys is None or len(state_keys) != num_steps * num_envs:
+            raise ValueError("GiGPO needs one state key per step (`state_keys`, step-major).")
+        steps = included.reshape(-1).nonzero().squeeze(-1)  # flat step-major indices, t * num_envs + e
+        flat_rounds = rounds.reshape(-1)
+        step_groups = _group_index([(int(flat_rounds[i]), state_keys[i]) for i in steps.tolist()])
+        step_returns = discounted_returns(rewards, done, step_gamma).reshape(-1)[steps]
+        step_advantage = group_normalize(step_returns, step_groups, std_floor, scale_by_std)
+        flat = advantages.reshape(-1)
+        flat[steps] += step_weight * step_advantage
+        advantages = flat.reshape(num_steps, num_envs)
+        sizes = torch.bincount(step_groups)[step_groups]
+        stats["step_group_fraction"] = float((sizes > 1).float().mean())
+    return advantages, included, stats

@@ -188,6 +188,8 @@ class RolloutBatch:
         self.next_value = torch.zeros(self.num_envs)
         self.advantages = torch.zeros(shape)
         self.returns = torch.zeros(shape)
+        # the group round of each step (critic-free estimators, `vlm_env_ppo.groups`); -1: none, or no groups
+        self.rounds = torch.full(shape, -1, dtype=torch.long)
 
     def __len__(self) -> int:
         return self.num_steps * self.num_envs

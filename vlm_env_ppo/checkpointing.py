@@ -75,6 +75,7 @@ class CheckpointingMixin:
             "max_new_tokens": self.args.max_new_tokens,
             "constrained_decoding": self.args.constrained_decoding,
             "cot_logprob_coef": self.args.cot_logprob_coef,
+            "advantage_estimator": self.args.advantage_estimator,
             "env_steps": self.env_steps,
             "last_eval": getattr(self, "last_eval", None),
             "vlm_env_ppo_version": __version__,
@@ -98,11 +99,13 @@ class CheckpointingMixin:
             policy_state = {k[len("policy."):]: v for k, v in state_dict.items() if k.startswith("policy.")}
             head_state = {k[len("value_head."):]: v for k, v in state_dict.items() if k.startswith("value_head.")}
         unwrapped.policy.save_pretrained(output_dir, state_dict=policy_state, safe_serialization=True)
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in (head_state or unwrapped.value_head.state_dict()).items()},
-            os.path.join(output_dir, VALUE_HEAD_WEIGHTS),
-            metadata={"config": json.dumps(unwrapped.value_head.config)},
-        )
+        if unwrapped.value_head is not None:  # critic-free estimators train none
+            head_state = head_state or unwrapped.value_head.state_dict()
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in head_state.items()},
+                os.path.join(output_dir, VALUE_HEAD_WEIGHTS),
+                metadata={"config": json.dumps(unwrapped.value_head.config)},
+            )
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         with open(os.path.join(output_dir, AGENT_CONFIG), "w") as f:
@@ -190,7 +193,8 @@ class CheckpointingMixin:
         else:
             unwrapped = self.accelerator.unwrap_model(self.model)
             load_policy_weights(unwrapped.policy, checkpoint)
-            unwrapped.value_head.load_state_dict(load_value_head(checkpoint).state_dict())
+            if unwrapped.value_head is not None:  # critic-free estimators train none
+                unwrapped.value_head.load_state_dict(load_value_head(checkpoint).state_dict())
         self._load_optimizer_and_scheduler(checkpoint)
         self.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
         self._load_rng_state(checkpoint)
@@ -314,11 +318,15 @@ def write_model_card(trainer: CheckpointingMixin, output_dir: str) -> None:
             f", {'greedy' if last.get('eval/greedy', True) else 'sampled'}, at update {last['eval/update']}"
             + (f", {behind} update(s) before these weights (not this agent's result)" if behind else "")
         )
+    args = trainer.args
+    method = "PPO with a value head on the VLM (RL4VLM)" if args.advantage_estimator == "gae" else (
+        f"PPO with {args.advantage_estimator.upper()} advantages (critic-free, groups of {args.group_size} envs)"
+    )
     section = (
         "\n## vlm-env-ppo agent\n\n"
         f"- Environment: `{trainer.env_id or 'custom'}`\n"
         f"- Base model: `{trainer.base_model_name}`\n"
-        f"- Method: PPO with a value head on the VLM (RL4VLM), chain-of-thought weight "
+        f"- Method: {method}, chain-of-thought weight "
         f"λ={trainer.args.cot_logprob_coef}, {'action-only' if trainer.args.action_only else 'CoT'} prompt, "
         f"{'LoRA adapter' if trainer.is_peft else 'full fine-tuning'}\n"
         f"- Env steps trained: {trainer.env_steps}\n"

@@ -16,6 +16,7 @@ from .distributed import setup_devices
 INVALID_ACTION_CHOICES = ("random", "fixed")
 REF_QUANTIZATION_CHOICES = ("4bit", "8bit", "none")
 KL_ESTIMATORS = ("k1", "k3")
+ADVANTAGE_ESTIMATORS = ("gae", "grpo", "gigpo", "rloo")
 
 
 @dataclass
@@ -113,6 +114,28 @@ class VLMPPOConfig(TrainingArguments):
             is the smallest spread of returns worth a full-size update.
         cot_logprob_coef (`float`, *optional*, defaults to `0.5`):
             λ in `log pi(a|o) = λ * sum log p(CoT tokens) + sum log p(action tokens)` (paper: 0.5, in [0, 1]).
+
+        > Parameters that choose the advantage estimator (README "Advantage estimators" says when to use which)
+
+        advantage_estimator (`str`, *optional*, defaults to `"gae"`):
+            `"gae"`: GAE with the value head (the paper's PPO; `gamma`, `lam`, `whiten_advantages`). The critic-free
+            ones train no value head (no value forward, no value loss, no `value_head.safetensors` in the saved agent)
+            and compare episodes of a group that start from the same state (`vlm_env_ppo.groups` says how rollouts of
+            `num_steps` collect whole episodes per group): `"grpo"` (each episode's return normalised within its
+            group, given to all its steps), `"rloo"` (the return minus the mean of the group's other returns),
+            `"gigpo"` (GRPO's episode advantage plus `gigpo_step_weight` × a step-level one among the group's steps
+            with identical observations; Feng et al. 2025, arXiv 2505.10978). The PPO clipped update, the KL penalty,
+            the λ-weighted log-prob and constrained decoding are the same for all four.
+        group_size (`int`, *optional*):
+            Envs per group (critic-free estimators): they reset on the same seed, so their episodes start alike.
+            Must divide `num_envs`; defaults to `num_envs` (one group per process). At least 2.
+        scale_group_advantages (`bool`, *optional*, defaults to `True`):
+            GRPO / GiGPO: divide by the group's std, floored at `advantage_std_floor` (verl-agent's
+            `"mean_std_norm"`); `False` only subtracts the group mean (its `"mean_norm"`). RLOO never scales.
+        gigpo_step_weight (`float`, *optional*, defaults to `1.0`):
+            ω, the weight of GiGPO's step-level advantage (paper and verl-agent: 1.0).
+        gigpo_gamma (`float`, *optional*, defaults to `0.95`):
+            Discount of the step returns GiGPO compares within a step group (paper and verl-agent: 0.95).
 
         > Parameters that control the KL penalty and the reference model
 
@@ -239,6 +262,20 @@ class VLMPPOConfig(TrainingArguments):
     cot_logprob_coef: float = field(
         default=0.5, metadata={"help": "Weight λ of the chain-of-thought tokens' log-probs (paper: 0.5)."}
     )
+
+    # Advantage estimator
+    advantage_estimator: str = field(
+        default="gae",
+        metadata={"help": "gae (value head), or critic-free grpo, gigpo, rloo.", "choices": list(ADVANTAGE_ESTIMATORS)},
+    )
+    group_size: int | None = field(
+        default=None, metadata={"help": "Envs per same-seed group (critic-free estimators); default num_envs."}
+    )
+    scale_group_advantages: bool = field(
+        default=True, metadata={"help": "GRPO/GiGPO: divide by the group std (floored at advantage_std_floor)."}
+    )
+    gigpo_step_weight: float = field(default=1.0, metadata={"help": "GiGPO: weight ω of the step-level advantage."})
+    gigpo_gamma: float = field(default=0.95, metadata={"help": "GiGPO: discount of the step-level returns."})
 
     # KL and reference
     kl_coef: float = field(default=0.0, metadata={"help": "KL penalty coefficient; 0 loads no reference model."})
@@ -367,8 +404,34 @@ class VLMPPOConfig(TrainingArguments):
                 f"`ref_model_quantization` must be one of {REF_QUANTIZATION_CHOICES}, got "
                 f"{self.ref_model_quantization!r}."
             )
+        self._validate_estimator()
         if not self.value_head_hidden_sizes or not all(is_int(h) and h > 0 for h in self.value_head_hidden_sizes):
             raise ValueError(f"`value_head_hidden_sizes` must be positive ints, got {self.value_head_hidden_sizes}.")
+
+    def _validate_estimator(self) -> None:
+        if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
+            raise ValueError(
+                f"`advantage_estimator` must be one of {ADVANTAGE_ESTIMATORS}, got {self.advantage_estimator!r}."
+            )
+        if not (self.gigpo_step_weight >= 0 and math.isfinite(self.gigpo_step_weight)):
+            raise ValueError(f"`gigpo_step_weight` must be a finite number >= 0, got {self.gigpo_step_weight}.")
+        if not 0.0 <= self.gigpo_gamma <= 1.0:
+            raise ValueError(f"`gigpo_gamma` must be in [0, 1], got {self.gigpo_gamma}.")
+        if self.advantage_estimator == "gae":
+            return
+        if self.group_size is None:
+            self.group_size = self.num_envs
+        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 2:
+            raise ValueError(
+                f"`group_size` must be an int >= 2 for advantage_estimator={self.advantage_estimator!r} (episodes are "
+                f"compared within a group), got {self.group_size!r}."
+            )
+        if self.num_envs % self.group_size:
+            raise ValueError(
+                f"`num_envs` ({self.num_envs}) must be a multiple of `group_size` ({self.group_size}): each group is "
+                f"`group_size` envs reset on one seed. Use a multiple of {self.group_size} for num_envs, or a group_size "
+                f"that divides {self.num_envs}."
+            )
 
     def _derive_sizes(self) -> None:
         self.batch_size = self.num_envs * self.num_steps

@@ -29,13 +29,17 @@ def policy_loss(
 
 
 def value_loss(
-    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, cliprange_value: float | None
+    values: torch.Tensor | None, old_values: torch.Tensor, returns: torch.Tensor, cliprange_value: float | None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped value loss ``0.5 * max((V - R)^2, (V_clip - R)^2)`` (mean over the batch).
 
     ``V_clip`` keeps the new value within ``cliprange_value`` of the value recorded at rollout time.
-    ``cliprange_value=None`` gives the plain squared error. Returns the loss and its clip fraction.
+    ``cliprange_value=None`` gives the plain squared error. Returns the loss and its clip fraction; both NaN when
+    ``values`` is None (no value head: the critic-free advantage estimators), for the caller to leave out.
     """
+    if values is None:
+        nan = torch.tensor(float("nan"), device=returns.device)
+        return nan, {"clipfrac": nan}
     unclipped = (values - returns) ** 2
     if cliprange_value is None:
         return 0.5 * unclipped.mean(), {"clipfrac": torch.zeros((), device=values.device)}

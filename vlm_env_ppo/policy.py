@@ -249,9 +249,10 @@ def generate_completions(
 
 
 class PolicyAndValue(nn.Module):
-    """The VLM (possibly a PEFT model) and its value head as one module, so optimizer, DDP and checkpoints see both."""
+    """The VLM (possibly a PEFT model) and its value head as one module, so optimizer, DDP and checkpoints see both.
+    ``value_head=None`` (the critic-free estimators): the forward returns no values and keeps no hidden states."""
 
-    def __init__(self, policy: PreTrainedModel | PeftModel, value_head: ValueHead, suppressed_ids=()):
+    def __init__(self, policy: PreTrainedModel | PeftModel, value_head: ValueHead | None, suppressed_ids=()):
         super().__init__()
         self.policy = policy
         self.value_head = value_head

@@ -1,10 +1,11 @@
 """`VLMPPOTrainer`: PPO with a value head for a vision-language model acting in a gymnasium environment.
 
 Here: setup (policy, processor, PEFT, value head, envs, reference policy, input checks), the user hooks
-(`build_messages`, `parse_action`, `build_model_inputs`), `train` in numbered phases, advantages and the PPO update,
-and evaluation. The trainer's other parts are mixed in from their own modules, along the data path:
-`ActingMixin` (acting.py: act, score, collect a rollout), `FaultHandlingMixin` (faults.py) and `CheckpointingMixin`
-(checkpointing.py: save, checkpoint, resume, push, model card).
+(`build_messages`, `parse_action`, `build_model_inputs`), `train` in numbered phases, the PPO update, and evaluation.
+The trainer's other parts are mixed in from their own modules, along the data path: `ActingMixin` (acting.py: act,
+score, collect a rollout), `AdvantageMixin` (groups.py: GAE or the critic-free group estimators, and their group
+rollouts), `FaultHandlingMixin` (faults.py) and `CheckpointingMixin` (checkpointing.py: save, checkpoint, resume,
+push, model card).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from transformers.trainer_utils import get_last_checkpoint
 from ._trl import BaseTrainer
 from .acting import ActingMixin, StepOutput  # noqa: F401  (StepOutput: re-exported)
 from .actions import ParsedAction
-from .advantages import compute_gae, normalize_advantages, spread_back_in_episodes
 from .buffer import RolloutBatch
 from .checkpointing import (  # noqa: F401  (re-exported: they lived here)
     OLD_CHECKPOINT,
@@ -46,6 +46,7 @@ from .distributed import LockStepActor
 from .evaluation import EvalResult, evaluate_episodes, random_legal_action  # noqa: F401
 from .envs.adapter import HistoryWrapper, is_image_space
 from .faults import FaultHandlingMixin, NumericFaultError, nonfinite_samples  # noqa: F401  (re-exported)
+from .groups import AdvantageMixin
 from .logprobs import token_weights, weighted_logprob
 from .losses import policy_loss, value_loss
 from .models.loading import (
@@ -82,7 +83,7 @@ from .user_code import TrainerHooksTask, overridden_hooks, resolve_task
 logger = logging.getLogger(__name__)
 
 
-class VLMPPOTrainer(ActingMixin, FaultHandlingMixin, CheckpointingMixin, BaseTrainer):
+class VLMPPOTrainer(ActingMixin, AdvantageMixin, FaultHandlingMixin, CheckpointingMixin, BaseTrainer):
     """PPO for a vision-language model acting in a gymnasium environment (RL4VLM, Zhai et al., NeurIPS 2024).
 
     Args:
@@ -188,7 +189,9 @@ class VLMPPOTrainer(ActingMixin, FaultHandlingMixin, CheckpointingMixin, BaseTra
                 policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.is_peft = isinstance(policy, PeftModel)
         disable_dropout(policy)  # dropout, attention dropout included, would make rollout and update log-probs differ
-        if saved_agent and os.path.isfile(os.path.join(model, VALUE_HEAD_WEIGHTS)):
+        if args.advantage_estimator != "gae":  # critic-free: no value head, no value forward, no value loss
+            value_head = None
+        elif saved_agent and os.path.isfile(os.path.join(model, VALUE_HEAD_WEIGHTS)):
             value_head = load_value_head(model)
         else:
             value_head = ValueHead(text_hidden_size(policy.config), args.value_head_hidden_sizes)
@@ -212,7 +215,7 @@ class VLMPPOTrainer(ActingMixin, FaultHandlingMixin, CheckpointingMixin, BaseTra
             callbacks=callbacks,
             optimizers=optimizers,
         )
-        self.value_head = value_head.to(self.accelerator.device)
+        self.value_head = value_head.to(self.accelerator.device) if value_head is not None else None
 
         # Reference policy (only for the KL penalty)
         self.ref_model = None
@@ -316,35 +319,6 @@ class VLMPPOTrainer(ActingMixin, FaultHandlingMixin, CheckpointingMixin, BaseTra
     # ------------------------------------------------------------------ acting, rollouts: `ActingMixin` (acting.py)
 
     # ------------------------------------------------------------------ update
-    def compute_advantages(self, batch: RolloutBatch) -> None:
-        # A non-finite rollout statistic (e.g. a bf16 overflow in the scoring forward) must not poison GAE: it would
-        # spread to every earlier step of that env and, through whitening, to the whole batch. It enters GAE as 0, and
-        # its sample and the earlier samples of its episode (whose advantages were bootstrapped through that 0) get a
-        # NaN advantage and return, so the minibatches holding them are skipped (`ppo_update`).
-        nonfinite = nonfinite_samples(batch)  # (num_steps, num_envs)
-        self._nonfinite_samples = int(nonfinite.sum())
-        bad = spread_back_in_episodes(nonfinite, batch.terminated | batch.truncated)
-        finite = lambda x: torch.nan_to_num(x.float(), nan=0.0, posinf=0.0, neginf=0.0)
-        advantages, returns = compute_gae(
-            finite(batch.rewards),
-            finite(batch.values),
-            batch.terminated,
-            batch.truncated,
-            finite(batch.final_values),
-            finite(batch.next_value),
-            self.args.gamma,
-            self.args.lam,
-        )
-        advantages[bad], returns[bad] = float("nan"), float("nan")
-        batch.returns = returns
-        self._advantage_stats = {}
-        if self.args.whiten_advantages:
-            # Global statistics: every process normalises with the mean/std of all processes' advantages.
-            all_advantages = self.accelerator.gather(advantages.to(self.accelerator.device)).cpu()
-            advantages, stats = normalize_advantages(advantages, self.args.advantage_std_floor, all_advantages)
-            self._advantage_stats = {"advantages/raw_std": stats["std"], "advantages/scale": stats["scale"]}
-        batch.advantages = advantages
-
     def ppo_update(self, batch: RolloutBatch) -> dict[str, float]:
         """``num_ppo_epochs`` over shuffled minibatches; one optimizer step per minibatch of micro-batches."""
         args = self.args
@@ -437,10 +411,10 @@ class VLMPPOTrainer(ActingMixin, FaultHandlingMixin, CheckpointingMixin, BaseTra
         pg_loss, pg_stats = policy_loss(
             new_logprobs, mb["old_logprobs"].to(device), mb["advantages"].to(device), self.args.cliprange
         )
-        vf_loss, vf_stats = value_loss(
+        vf_loss, vf_stats = value_loss(  # NaN without a value head (critic-free estimators): not in the loss
             values, mb["old_values"].to(device), mb["returns"].to(device), self.args.cliprange_value
         )
-        loss = pg_loss + self.args.vf_coef * vf_loss
+        loss = pg_loss + self.args.vf_coef * vf_loss if values is not None else pg_loss
         token_entropy = (entropy * completion_mask).sum() / completion_mask.sum().clamp(min=1)
         return loss, {
             "pg": pg_loss.item(),
