@@ -250,7 +250,7 @@ def _config(tmp_path, **overrides) -> VLMPPOConfig:
         "total_env_steps": 16,
         "num_mini_batches": 2,
         "per_device_train_batch_size": 2,
-        "max_new_tokens": 8,
+        "max_new_tokens": 16,  # the shortest answer with thoughts needs 13 (constrained decoding)
         "temperature": 1.0,
         "learning_rate": 1e-3,
         "activation_checkpointing": False,

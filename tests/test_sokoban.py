@@ -173,8 +173,7 @@ def test_demonstrations_are_accepted_by_the_answer_grammar(tiny_vlm_path):
         answer = json.loads(text)
         thoughts = json.dumps(answer["thoughts"])[1:-1]
         assert text == COT_PREFIX + thoughts + COT_MIDDLE + answer["action"] + SUFFIX
-        ids = (constraint.tokens(COT_PREFIX) + tokenizer(thoughts, add_special_tokens=False)["input_ids"]
-               + constraint.tokens(COT_MIDDLE) + list(constraint.action_tokens(answer["action"])) + [eos])
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]  # as SFT tokenizes it
         walk = constraint.walk(grammar)
         for token in ids:
             walk.next_mask(mask, 0)
