@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import hashlib
 import json
 import os
+import sys
 from typing import ClassVar
 
 import gymnasium as gym
@@ -212,6 +214,7 @@ def main():
     parser.add_argument("--save", action="store_true", help="checkpoint every update; save the agent")
     parser.add_argument("--resume", action="store_true", help="resume the run in --out for a third update")
     cli = parser.parse_args()
+    faulthandler.enable()  # a rank that aborts (SIGABRT from C++) prints every thread's Python stack first
     torch.set_num_threads(1)  # two processes on a two-core machine
 
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
@@ -223,6 +226,12 @@ def main():
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    # Even then, a rank aborted at interpreter shutdown once in CI (FSDP2, after both had written their records):
+    # objects that hold gloo work are freed while the interpreter is torn down. Everything this script reports is
+    # written and flushed by now, so leave without running those destructors.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def train(cli, rank: int) -> dict:
