@@ -48,6 +48,8 @@ def force_ppo_length(trainer) -> None:
     trainer pins `generate`'s settings, so the model's ``min_new_tokens`` would be ignored)."""
     trainer.suppress_token_ids = sorted(set(trainer.suppress_token_ids) | set(trainer.eos_token_ids))
     trainer.accelerator.unwrap_model(trainer.model).suppressed_ids = torch.tensor(trainer.suppress_token_ids)
+    if getattr(trainer, "rollout_engine", None) is not None:  # a vLLM engine: EOS held back for max_new_tokens
+        trainer.rollout_engine.min_new_tokens = trainer.args.max_new_tokens
 
 
 def ppo_trainer(setup: Setup, *, num_envs: int, num_steps: int, callbacks=None, force_length: bool = True,

@@ -5,6 +5,8 @@ python benchmarks/gpu_iteration.py                                   # LLaVA-1.6
 python benchmarks/gpu_iteration.py --model qwen2.5-vl-7b
 python benchmarks/gpu_iteration.py --qlora                           # 4-bit policy (saves random weights to --workdir)
 python benchmarks/gpu_iteration.py --tiny                            # the same code path with a tiny model (CPU ok)
+python benchmarks/gpu_iteration.py --backend vllm --out vllm.json    # rollouts on a colocated vLLM engine (one run per
+python benchmarks/gpu_iteration.py --backend hf --out hf.json        # backend: compare the two JSON files)
 ```
 
 Nothing is downloaded: the model is built from its config values (`memory_estimate.py`) with random bf16 weights
@@ -15,8 +17,12 @@ resolution (LLaVA-NeXT any-res at 336 px, Qwen2.5-VL 14 px patches). The paper's
 frames (300x300). The reference for the KL penalty is the adapter-disabled policy (the library's default with LoRA;
 the estimate also prints the figure with a separate 4-bit copy).
 
-Prints per-phase peak memory (``torch.cuda.max_memory_allocated``, and reserved), env steps/s of the rollout, and
-the `memory_estimate.py` estimate for the same setting next to it; ``--out`` writes the same as JSON.
+Prints per-phase peak memory (``torch.cuda.max_memory_allocated``, and reserved), env steps/s and completion tokens/s
+of the rollout, and the `memory_estimate.py` estimate for the same setting next to it; ``--out`` writes the same as
+JSON. ``--backend vllm`` (`VLMPPOConfig(rollout_backend="vllm")`) saves the random weights to ``--workdir`` first (the
+engine loads a checkpoint), generates the rollout on the engine (``--vllm-memory`` of the GPU) and also reports the
+time to push the LoRA-merged weights into it; vLLM's KV cache and weights are allocated through torch, so they count
+in the peaks.
 """
 
 from __future__ import annotations
@@ -108,6 +114,11 @@ def build_model(cli, device: torch.device):
         from vlm_env_ppo.models.tiny import create_tiny_vlm
 
         model, processor = create_tiny_vlm(family)
+        if cli.backend == "vllm":  # the engine loads a checkpoint
+            path = os.path.join(cli.workdir, f"tiny-{cli.model}")
+            model.save_pretrained(path)
+            processor.save_pretrained(path)
+            model.config._name_or_path = path
         return model.to(device), processor
     tokenizer = build_tokenizer(family)
     config, processor = build_llava_next(tokenizer) if family == "llava_next" else build_qwen2_5_vl(tokenizer)
@@ -117,12 +128,15 @@ def build_model(cli, device: torch.device):
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     print(f"built {cli.model} with random bf16 weights on {device} in {time.time() - start:.0f} s", flush=True)
-    if not cli.qlora:
+    if not cli.qlora and cli.backend == "hf":
         return model, processor
-    # bitsandbytes quantizes while loading: write the random weights once, then load them in 4-bit.
+    # bitsandbytes quantizes while loading, and a vLLM engine loads a checkpoint: write the random weights once.
     path = os.path.join(cli.workdir, f"random-{cli.model}")
     model.save_pretrained(path)
     processor.save_pretrained(path)
+    if not cli.qlora:
+        model.config._name_or_path = path
+        return model, processor
     del model
     torch.cuda.empty_cache()
     quantization = BitsAndBytesConfig(
@@ -165,6 +179,8 @@ def main():
     parser.add_argument("--tiny", action="store_true", help="tiny model: check the code path, also on the CPU")
     parser.add_argument("--workdir", default=tempfile.gettempdir())
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="what generates the rollout")
+    parser.add_argument("--vllm-memory", type=float, default=0.3, help="vllm_gpu_memory_utilization")
     cli = parser.parse_args()
     device = require_cuda(allow_cpu=cli.tiny)
 
@@ -193,6 +209,10 @@ def main():
         save_strategy="no",
         disable_tqdm=True,
         seed=0,
+        rollout_backend=cli.backend,
+        vllm_gpu_memory_utilization=cli.vllm_memory,
+        vllm_max_model_len=8192,
+        vllm_engine_kwargs={"dtype": "float32", "enforce_eager": True} if device.type == "cpu" else None,
     )
     lora = LoraConfig(r=cli.lora_r, lora_alpha=2 * cli.lora_r, target_modules="all-linear")
     trainer = VLMPPOTrainer(model, args, env=ENV_ID, processing_class=processor, peft_config=lora)
@@ -211,6 +231,11 @@ def main():
     batch = trainer.collect_rollout()
     rollout_s = time.perf_counter() - start
     rollout = peak_gb(device)
+    push_s = None
+    if trainer.rollout_engine is not None:
+        start = time.perf_counter()
+        trainer.push_rollout_weights()
+        push_s = time.perf_counter() - start
     trainer.compute_advantages(batch)
     reset_peak(device)
     start = time.perf_counter()
@@ -227,6 +252,7 @@ def main():
     estimated = None if cli.tiny else estimate(setting)["peak_gb"]
     result = {
         "model": "tiny " + cli.model if cli.tiny else cli.model,
+        "rollout_backend": cli.backend,
         "qlora": cli.qlora,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "trainable_params": trainable,
@@ -239,6 +265,8 @@ def main():
         "peak_iteration_gb": max(rollout["allocated_gb"], update["allocated_gb"]),
         "estimated_peak_gb_adapter_disabled_reference": estimated,
         "rollout_env_steps_per_s": n / rollout_s,
+        "rollout_completion_tokens_per_s": int(batch.completion_lengths.sum()) / rollout_s,
+        "weight_push_s": push_s,
         "update_samples_per_s": n / update_s,
         "iteration_s": rollout_s + update_s,
         "losses/value_loss": stats["losses/value_loss"],

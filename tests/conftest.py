@@ -1,5 +1,7 @@
 """Shared fixtures: tiny offline VLM checkpoints, built once per test session."""
 
+import os
+
 import pytest
 import torch
 
@@ -8,6 +10,9 @@ import torch
 torch.set_num_threads(1)
 
 from vlm_env_ppo.models.tiny import build_tiny_vlm
+
+# tests/vllm_lane/ runs in the vLLM lane's own virtual environment (tests/test_vllm_lane.py builds it and runs them).
+collect_ignore = [] if os.environ.get("VLM_ENV_PPO_VLLM_LANE") == "1" else ["vllm_lane"]
 
 
 @pytest.fixture(scope="session")

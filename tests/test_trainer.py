@@ -124,7 +124,8 @@ def assert_update_path_has_ratio_one(trainer, batch, monkeypatch):
     λ-weighted log-prob is its rollout one, so ratio 1, approx_kl 0 and nothing clipped."""
     seen = []
 
-    def spy(new_logprobs, old_logprobs, advantages, cliprange):
+    def spy(new_logprobs, old_logprobs, advantages, cliprange, sample_weights=None):
+        assert sample_weights is None, "the policy's own `generate` sampled: no importance weights"
         seen.append((new_logprobs.detach().cpu(), old_logprobs.cpu()))
         return policy_loss(new_logprobs, old_logprobs, advantages, cliprange)
 

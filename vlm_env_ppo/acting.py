@@ -23,7 +23,7 @@ from .buffer import RolloutBatch, split_inputs
 from .constrained import GRAMMAR_COUNTS, GrammarConstraint, output_vocab_size
 from .evaluation import random_legal_action
 from .logprobs import action_token_index, token_weights, weighted_logprob
-from .losses import explained_variance
+from .losses import explained_variance, importance_weights
 from .models.loading import get_tokenizer, image_token_ids
 from .models.value_head import policy_forward
 from .policy import fill_image_placeholders, generate_completions
@@ -46,6 +46,7 @@ class StepOutput:
     logprobs: torch.Tensor | None = None  # (num_envs,) λ-weighted
     values: torch.Tensor | None = None  # (num_envs,)
     kl: torch.Tensor | None = None  # (num_envs,) summed per-token KL to the reference (0 without one)
+    sampler_logprobs: torch.Tensor | None = None  # (num_envs,) λ-weighted, the vLLM engine's (rollout_backend="vllm")
     grammars: list[str | None] = field(default_factory=list)  # per sample (constrained decoding), else empty
 
 
@@ -53,6 +54,8 @@ class ActingMixin:
     """`VLMPPOTrainer`'s acting: `act` / `_act` (one batched step), `value_of` (the critic alone), `collect_rollout`
     (which uses the hooks `build_messages`, `parse_action` and `build_model_inputs`) and `_rollout_metrics` (a
     rollout's statistics over all processes, logged by `train`)."""
+
+    rollout_engine = None  # rollout_backend="vllm": the `VLLMRollout` that generates (set by `VLMPPOTrainer`)
 
     def _to_device(self, inputs: dict) -> dict:
         device = self.accelerator.device
@@ -130,17 +133,18 @@ class ActingMixin:
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
         return getattr(self, "is_fsdp_enabled", False) or (plugin is not None and plugin.zero_stage == 3)
 
-    def _prompt_inputs(self, observations, infos: list[dict]) -> dict[str, torch.Tensor]:
-        """Processor outputs for acting on ``observations``. The critic valued the observations after the last
-        rollout step (`collect_rollout`), and the next rollout starts by acting on those very objects: reuse their
-        processor outputs (images are the expensive part) instead of processing them twice."""
+    def _prompt_inputs(self, observations, infos: list[dict]) -> tuple[dict, list[int], list[list[dict]]]:
+        """`_prompt` for acting on ``observations``. The critic valued the observations after the last rollout step
+        (`collect_rollout`), and the next rollout starts by acting on those very objects: reuse their processor
+        outputs (images are the expensive part) instead of processing them twice."""
         valued, self._valued_inputs = getattr(self, "_valued_inputs", None), None
         if valued is not None and valued[0] is observations and valued[1] is infos:
-            return valued[2], valued[3]
-        return self._inputs_and_image_counts(observations, infos)
+            return valued[2]
+        return self._prompt(observations, infos)
 
-    def _inputs_and_image_counts(self, observations, infos: list[dict]) -> tuple[dict, list[int]]:
-        """Processor outputs for ``observations`` and how many images each prompt holds (for `split_inputs`)."""
+    def _prompt(self, observations, infos: list[dict]) -> tuple[dict, list[int], list[list[dict]]]:
+        """Processor outputs for ``observations``, how many images each prompt holds (for `split_inputs`), and the
+        chat messages they came from (`build_messages`, images filled in: what a vLLM engine is prompted with)."""
         messages = [fill_image_placeholders(self.build_messages(o, i), o, i) for o, i in zip(observations, infos)]
         counts = [
             sum(
@@ -152,31 +156,43 @@ class ActingMixin:
             )
             for conversation in messages
         ]
-        return self.build_model_inputs(messages), counts
+        return self.build_model_inputs(messages), counts, messages
+
+    def _inputs_and_image_counts(self, observations, infos: list[dict]) -> tuple[dict, list[int]]:
+        """Processor outputs for ``observations`` and how many images each prompt holds (for `split_inputs`)."""
+        inputs, counts, _ = self._prompt(observations, infos)
+        return inputs, counts
 
     def _act(self, observations, infos: list[dict], greedy: bool, score: bool) -> StepOutput:
         n = len(infos)
-        inputs, image_counts = self._prompt_inputs(observations, infos)
+        inputs, image_counts, messages = self._prompt_inputs(observations, infos)
         device_inputs = self._to_device(inputs)
         policy = self.accelerator.unwrap_model(self.model).policy
         policy.eval()
         grammars = self._step_grammars(infos) if self.constraint is not None else []
-        processor = self.constraint.logits_processor(grammars) if grammars else None
-        completion_ids, completion_mask, texts = generate_completions(
-            policy,
-            self.processing_class,
-            device_inputs,
-            greedy=greedy,
-            temperature=self.args.temperature,
-            top_p=self.args.top_p,
-            max_new_tokens=self.args.max_new_tokens,
-            suppress_token_ids=self.suppress_token_ids,
-            pad_token_id=self.pad_token_id,
-            logits_processor=processor,
-            # Sharded weights: every token's forward is a collective, so all processes generate the same number of
-            # tokens (the lock-step of `act` calls is the rollout's and `evaluate`'s: `LockStepActor`).
-            synced_gpus=True if self.accelerator.num_processes > 1 and self._sharded_weights() else None,
-        )
+        processor = sampler_logprobs = None
+        if self.rollout_engine is not None:
+            completion_ids, completion_mask, texts, sampler_logprobs = self._engine_generate(messages, grammars, greedy)
+            completion_ids, completion_mask = completion_ids.to(device_inputs["input_ids"].device), completion_mask.to(
+                device_inputs["input_ids"].device
+            )
+        else:
+            processor = self.constraint.logits_processor(grammars) if grammars else None
+            completion_ids, completion_mask, texts = generate_completions(
+                policy,
+                self.processing_class,
+                device_inputs,
+                greedy=greedy,
+                temperature=self.args.temperature,
+                top_p=self.args.top_p,
+                max_new_tokens=self.args.max_new_tokens,
+                suppress_token_ids=self.suppress_token_ids,
+                pad_token_id=self.pad_token_id,
+                logits_processor=processor,
+                # Sharded weights: every token's forward is a collective, so all processes generate the same number
+                # of tokens (the lock-step of `act` calls is the rollout's and `evaluate`'s: `LockStepActor`).
+                synced_gpus=True if self.accelerator.num_processes > 1 and self._sharded_weights() else None,
+            )
         parsed = [self._safe_parse(texts[i], infos[i]) for i in range(n)]
         out = StepOutput(prompts=[], completions=[], texts=texts, parsed=parsed, action_token_starts=[], grammars=grammars)
         if not score:
@@ -188,13 +204,16 @@ class ActingMixin:
         ]
         # Constrained: scored under the masks generation applied (the update replays them from the completion ids).
         allowed = processor.applied_masks() if processor is not None else None
-        if allowed is not None and allowed.shape[1] != completion_ids.shape[1]:  # not one processor call per token
+        if grammars and (allowed is None or allowed.shape[1] != completion_ids.shape[1]):
+            # the engine's masks, or not one processor call per token: the same walk, replayed from the ids
             allowed = self.constraint.replay(grammars, completion_ids, completion_mask)
         per_token_logprobs, _, values = self.model(
             device_inputs, completion_ids, completion_mask, self.args.temperature, allowed_tokens=allowed
         )
         weights = token_weights(completion_mask, out.action_token_starts, self.args.cot_logprob_coef)
         out.logprobs = weighted_logprob(per_token_logprobs, weights).float().cpu()
+        if sampler_logprobs is not None:  # the engine's, λ-weighted the same way (importance-sampling correction)
+            out.sampler_logprobs = weighted_logprob(sampler_logprobs.to(weights.device), weights).float().cpu()
         out.values = values.float().cpu() if values is not None else torch.zeros(n)  # None: critic-free
         if self.args.kl_coef > 0:
             ref_logprobs = self._ref_logprobs(device_inputs, completion_ids, completion_mask, allowed)
@@ -204,6 +223,58 @@ class ActingMixin:
             out.kl = torch.zeros(n)
         out.prompts = split_inputs(inputs, n, image_counts, image_token_ids(policy.config, self.processing_class))
         return out
+
+    # ------------------------------------------------------------------ the vLLM rollout engine
+    def _start_rollout_engine(self, policy):
+        """The `VLLMRollout` of ``rollout_backend="vllm"``, holding the policy's current weights."""
+        args = self.args
+        if self.accelerator.num_processes > 1:
+            raise ValueError(
+                "rollout_backend='vllm' runs one engine in one training process; with "
+                f"{self.accelerator.num_processes} processes use rollout_backend='hf' (an engine per rank, colocated "
+                "under DDP / ZeRO, is not built yet)."
+            )
+        if "build_model_inputs" in self._hooks:
+            logger.warning("rollout_backend='vllm': `build_model_inputs` is overridden, but the engine renders prompts "
+                           "with the processor's chat template; if yours differ, `rollout/sampler_logprob_gap` shows it.")
+        from .vllm_engine import VLLMRollout
+
+        engine = VLLMRollout(
+            policy, self.processing_class, constraint=self.constraint, suppress_token_ids=self.suppress_token_ids,
+            eos_token_ids=self.eos_token_ids, vocab_size=output_vocab_size(policy), seed=args.seed,
+            max_images=args.history_length + 1, gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+            max_model_len=args.vllm_max_model_len, engine_kwargs=args.vllm_engine_kwargs,
+            trust_remote_code=args.trust_remote_code,
+        )
+        engine.push_weights(policy)
+        return engine
+
+    def push_rollout_weights(self) -> None:
+        """Give the vLLM engine the policy's current weights (``rollout_backend="vllm"``; else nothing to do).
+
+        `train` calls it before its first rollout and after every update, `evaluate` before it plays; call it yourself
+        after changing the weights some other way, before acting through `act`."""
+        if self.rollout_engine is None:
+            return
+        with self._gathered_weights():
+            self.rollout_engine.push_weights(self.accelerator.unwrap_model(self.model).policy)
+
+    def _engine_generate(self, messages, grammars, greedy: bool):
+        """`generate_completions`' result from the vLLM engine, plus its per-token sampling log-probs ``(n, C)``."""
+        ids, logprobs = self.rollout_engine.generate(
+            messages, grammars, greedy=greedy, temperature=self.args.temperature, top_p=self.args.top_p,
+            max_new_tokens=self.args.max_new_tokens,
+        )
+        width = max(1, max(map(len, ids)))
+        completion_ids = torch.full((len(ids), width), self.pad_token_id, dtype=torch.long)
+        sampler_logprobs = torch.zeros(len(ids), width)
+        for i, (row, row_logprobs) in enumerate(zip(ids, logprobs)):
+            completion_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            sampler_logprobs[i, : len(row_logprobs)] = torch.tensor(row_logprobs)
+        # The engine's completions end with their EOS (or at the token budget); what follows is padding.
+        completion_mask = (torch.arange(width).unsqueeze(0) < torch.tensor([len(r) for r in ids]).unsqueeze(1)).long()
+        texts = get_tokenizer(self.processing_class).batch_decode(completion_ids, skip_special_tokens=True)
+        return completion_ids, completion_mask, texts, sampler_logprobs * completion_mask
 
     def _ref_logprobs(self, inputs, completion_ids, completion_mask, allowed=None) -> torch.Tensor:
         # The reference is scored like the policy: renormalised over the tokens generation can sample, under
@@ -312,9 +383,9 @@ class ActingMixin:
     @torch.no_grad()
     def value_of(self, observations, infos: list[dict]) -> torch.Tensor:
         """Critic values of observations (no generation): for bootstrapping truncated episodes and the last step."""
-        cpu_inputs, image_counts = self._inputs_and_image_counts(observations, infos)
-        self._valued_inputs = (observations, infos, cpu_inputs, image_counts)  # see `_prompt_inputs`
-        inputs = self._to_device(cpu_inputs)
+        prompt = self._prompt(observations, infos)
+        self._valued_inputs = (observations, infos, prompt)  # see `_prompt_inputs`
+        inputs = self._to_device(prompt[0])
         empty = inputs["input_ids"][:, :0]
         _, _, values = self.model(inputs, empty, empty, self.args.temperature)
         return values.float().cpu()
@@ -377,6 +448,7 @@ class ActingMixin:
             batch.texts += out.texts
             batch.grammars += out.grammars
             batch.logprobs[t], batch.values[t], batch.kl[t] = out.logprobs, out.values, out.kl
+            batch.sampler_logprobs[t] = out.sampler_logprobs if out.sampler_logprobs is not None else out.logprobs
             batch.env_rewards[t] = torch.as_tensor(rewards, dtype=torch.float32)
             batch.valid[t] = torch.as_tensor(valid)
             batch.terminated[t] = torch.as_tensor(terminated)
@@ -438,7 +510,7 @@ class ActingMixin:
         for process_faults in gather_object([self._output_faults]):
             for key, count in process_faults.items():
                 faults[key] = faults.get(key, 0) + count
-        return faults | getattr(self, "_advantage_stats", {}) | {
+        return faults | getattr(self, "_advantage_stats", {}) | self._sampler_metrics(batch) | {
             "env/errors": env_errors,
             "train/nonfinite_rollout_samples": nonfinite,
             "env/episode_return": float(np.mean([f[0] for f in finished])) if finished else nan,
@@ -453,6 +525,24 @@ class ActingMixin:
             "generation/completion_length": float(lengths),
             "generation/parse_errors": self.parse_errors,
         } | ({} if self.constraint is None else self._grammar_metrics("generation", self.constraint.counts))
+
+    def _sampler_metrics(self, batch: RolloutBatch) -> dict[str, float]:
+        """rollout_backend="vllm": how far the engine's sampling log-probs are from the scoring forward's (λ-weighted,
+        per sample, over all processes) and the importance weights that correct for it; {} otherwise."""
+        if self.rollout_engine is None:
+            return {}
+        old = self.accelerator.gather(batch.logprobs.to(self.accelerator.device)).cpu().flatten()
+        sampler = self.accelerator.gather(batch.sampler_logprobs.to(self.accelerator.device)).cpu().flatten()
+        gap = (old - sampler).abs()
+        metrics = {"rollout/sampler_logprob_gap": float(gap.mean()), "rollout/sampler_logprob_gap_max": float(gap.max())}
+        cap = self.args.vllm_importance_sampling_cap
+        if cap is not None:
+            weights = importance_weights(old, sampler, cap)
+            metrics |= {
+                "rollout/importance_weight": float(weights.mean()),
+                "rollout/importance_weight_truncated": float((weights >= cap).float().mean()),
+            }
+        return metrics
 
     @contextlib.contextmanager
     def _grammar_counts_apart(self):

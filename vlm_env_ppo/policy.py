@@ -30,21 +30,9 @@ def build_model_inputs(processing_class, messages: list[list[dict]]) -> dict[str
     string; image parts are dropped (the user opted in to a model that cannot see them).
     """
     if isinstance(processing_class, PreTrainedTokenizerBase):
-        text_messages = [
-            [
-                {
-                    "role": m["role"],
-                    "content": m["content"] if isinstance(m["content"], str) else "\n".join(
-                        part["text"] for part in m["content"] if part.get("type") == "text"
-                    ),
-                }
-                for m in conversation
-            ]
-            for conversation in messages
-        ]
         return processing_class.apply_chat_template(
-            text_messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
-            padding=True,
+            [_text_only(conversation) for conversation in messages], add_generation_prompt=True, tokenize=True,
+            return_dict=True, return_tensors="pt", padding=True,
         )
     return processing_class.apply_chat_template(
         messages,
@@ -54,6 +42,26 @@ def build_model_inputs(processing_class, messages: list[list[dict]]) -> dict[str
         return_tensors="pt",
         processor_kwargs={"padding": True},
     )
+
+
+def prompt_text(processing_class, conversation: list[dict]) -> str:
+    """One conversation rendered by the chat template as `build_model_inputs` renders it, as text (a vLLM engine's
+    prompt: it runs the processor on this text and the conversation's images itself)."""
+    if isinstance(processing_class, PreTrainedTokenizerBase):
+        conversation = _text_only(conversation)
+    return processing_class.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+
+
+def _text_only(conversation: list[dict]) -> list[dict]:
+    return [
+        {
+            "role": m["role"],
+            "content": m["content"] if isinstance(m["content"], str) else "\n".join(
+                part["text"] for part in m["content"] if part.get("type") == "text"
+            ),
+        }
+        for m in conversation
+    ]
 
 
 def fill_image_placeholders(messages: list[dict], observation, info: dict | None) -> list[dict]:

@@ -48,7 +48,7 @@ from .envs.adapter import HistoryWrapper, is_image_space
 from .faults import FaultHandlingMixin, NumericFaultError, nonfinite_samples  # noqa: F401  (re-exported)
 from .groups import AdvantageMixin
 from .logprobs import token_weights, weighted_logprob
-from .losses import policy_loss, value_loss
+from .losses import importance_weights, policy_loss, value_loss
 from .models.loading import (
     disable_bnb_cpu_repacking,
     disable_dropout,
@@ -243,6 +243,8 @@ class VLMPPOTrainer(ActingMixin, AdvantageMixin, FaultHandlingMixin, Checkpointi
         self._nonfinite_samples = 0  # per rollout
         self._agent_files: list[str] = []  # what `save_model` wrote into the last checkpoint (the periodic push's)
         self._last_checkpoint: str | None = None  # the last checkpoint this trainer wrote
+        # rollout_backend="vllm": the engine that generates (`vlm_env_ppo.vllm_engine`); None: the policy's generate
+        self.rollout_engine = self._start_rollout_engine(policy) if args.rollout_backend == "vllm" else None
 
     def _validate_inputs(self, args: VLMPPOConfig, policy, processing_class) -> None:
         """Errors in the model/processor/env/task combination, raised before any compute (docs/errors.md)."""
@@ -408,8 +410,15 @@ class VLMPPOTrainer(ActingMixin, AdvantageMixin, FaultHandlingMixin, Checkpointi
         )
         weights = token_weights(completion_mask, mb["action_token_starts"], self.args.cot_logprob_coef)
         new_logprobs = weighted_logprob(per_token_logprobs, weights)
+        old_logprobs = mb["old_logprobs"].to(device)
+        # rollout_backend="vllm": the engine sampled; correct for its distance from the scored distribution
+        is_weights = None
+        if self.rollout_engine is not None and self.args.vllm_importance_sampling_cap is not None:
+            is_weights = importance_weights(
+                old_logprobs, mb["sampler_logprobs"].to(device), self.args.vllm_importance_sampling_cap
+            )
         pg_loss, pg_stats = policy_loss(
-            new_logprobs, mb["old_logprobs"].to(device), mb["advantages"].to(device), self.args.cliprange
+            new_logprobs, old_logprobs, mb["advantages"].to(device), self.args.cliprange, sample_weights=is_weights
         )
         vf_loss, vf_stats = value_loss(  # NaN without a value head (critic-free estimators): not in the loss
             values, mb["old_values"].to(device), mb["returns"].to(device), self.args.cliprange_value
@@ -455,6 +464,7 @@ class VLMPPOTrainer(ActingMixin, AdvantageMixin, FaultHandlingMixin, Checkpointi
             accelerate_set_seed(args.seed, device_specific=True)  # seed + process index
         if resume_from_checkpoint:
             self._resume(resume_from_checkpoint)
+        self.push_rollout_weights()  # resumed, warm-started or changed by hand since the engine loaded them
         self.state.max_steps = args.num_updates
         self.state.logging_steps, self.state.save_steps = args.logging_steps, args.save_steps
         self.state.eval_steps = args.eval_steps
@@ -485,6 +495,7 @@ class VLMPPOTrainer(ActingMixin, AdvantageMixin, FaultHandlingMixin, Checkpointi
                 update_stats = self.ppo_update(batch)
             except (EnvFaultError, NumericFaultError) as err:
                 self._stop_with_checkpoint(err, start, in_update=True)
+            self.push_rollout_weights()
             # 4. Log, evaluate, save.
             self.state.global_step += 1
             self.state.epoch = self.env_steps / args.total_env_steps
@@ -525,6 +536,7 @@ class VLMPPOTrainer(ActingMixin, AdvantageMixin, FaultHandlingMixin, Checkpointi
         Under ZeRO-3 / FSDP every generation gathers weights, a collective: the processes act in lock-step
         (`LockStepActor`), those whose episodes are done acting on a placeholder until all are."""
         args = self.args
+        self.push_rollout_weights()  # (no-op unless rollout_backend="vllm") weights changed outside `train` count too
         num_episodes = num_episodes or args.eval_episodes
         seed = args.eval_seed if seed is None else seed
         greedy = args.eval_greedy if greedy is None else greedy
