@@ -48,7 +48,12 @@ _request_ids = itertools.count()
 
 
 def import_vllm():
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine core in this process (see above)
+    # The engine core in this process (see above): the walks reach the logits processor through `_PENDING`.
+    if os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0") != "0":
+        raise ValueError(
+            "rollout_backend='vllm' runs the engine inside the training process; unset VLLM_ENABLE_V1_MULTIPROCESSING "
+            f"(it is {os.environ['VLLM_ENABLE_V1_MULTIPROCESSING']!r}) or set it to 0."
+        )
     try:
         import vllm
     except ImportError as err:
@@ -135,7 +140,9 @@ class VLLMRollout:
         processing_class: the trainer's processor (its chat template renders the prompts).
         constraint: the trainer's `GrammarConstraint` (None: unconstrained; the suppressed tokens still apply).
         suppress_token_ids, eos_token_ids: as the trainer's generation uses them.
-        seed: the engine's seed; each request gets its own seed drawn from it, so a run is reproducible.
+        seed: the engine's seed. Each request gets its own seed, drawn from torch's global RNG as the policy's
+            `generate` samples from it: seeded runs, resumed runs (which restore the RNG states) and `evaluate` on a
+            seed are reproducible as with ``rollout_backend="hf"``.
         max_images: the most images one prompt holds (history frames + the current one).
         gpu_memory_utilization, max_model_len, engine_kwargs, trust_remote_code: passed to `vllm.LLM`.
     """
@@ -158,7 +165,6 @@ class VLLMRollout:
         )
         self.eos_token_ids = list(eos_token_ids)
         self.min_new_tokens = 0  # EOS held back until then (benchmarks force full-length completions with it)
-        self._rng = np.random.default_rng(seed)
         kwargs = {
             "model": source,
             "tokenizer": source,
@@ -218,7 +224,7 @@ class VLLMRollout:
                 logprobs=0,
                 detokenize=False,
                 skip_special_tokens=False,
-                seed=int(self._rng.integers(2**31 - 1)),
+                seed=int(torch.randint(2**31 - 1, ())),
                 extra_args={WALK_KEY: key},
             ))
         try:

@@ -193,20 +193,21 @@ def test_prompts_with_several_images(idefics3, tmp_path):
 def test_learns_color_choice_like_hf_and_not_without_weight_pushes(idefics3, tmp_path):
     """ColorChoice with the engine learns as with the policy's own `generate` (same seed, evaluation success within
     0.1 of each other, both >= 0.9). Control that must fail: the same run whose engine never receives the updated
-    weights (a weight push that silently does nothing) samples from the initial policy throughout and stays near
-    chance (ColorChoice's chance is 1/3)."""
+    weights (a weight push that silently does nothing) samples from the initial policy throughout and stays where
+    that policy is (0.56 here; chance is 1/3), far below 0.9."""
     successes = {}
     for arm in ("vllm", "hf", "stale"):
         args = config(tmp_path / arm, total_env_steps=8 * 4 * 6, rollout_backend="hf" if arm == "hf" else "vllm")
         trainer = VLMPPOTrainer(idefics3, args, env=COLOR_CHOICE)
         if arm == "stale":  # the engine keeps the weights it started with
+            successes["initial"] = trainer.evaluate(num_episodes=64, seed=1000, greedy=False)["eval/success_rate"]
             trainer.push_rollout_weights = lambda: None
         trainer.train()
         successes[arm] = trainer.evaluate(num_episodes=64, seed=1000, greedy=False)["eval/success_rate"]
     print(f"\nColorChoice, 6 updates, evaluation success (64 sampled episodes): {successes}")
     assert successes["vllm"] >= 0.9 and successes["hf"] >= 0.9
     assert abs(successes["vllm"] - successes["hf"]) <= 0.1
-    assert successes["stale"] <= 0.6, "an engine without the updated weights must not learn"
+    assert successes["stale"] <= 0.75, "an engine without the updated weights must not learn"
 
 
 def test_save_resume_and_evaluate(idefics3, tmp_path):
@@ -225,6 +226,8 @@ def test_save_resume_and_evaluate(idefics3, tmp_path):
     obs, infos = first_observations(resumed)
     assert sample_gap(resumed, obs, infos)[0] < 1e-5, "the resumed engine holds the resumed weights"
     assert resumed.evaluate(num_episodes=16, seed=5)["eval/invalid_action_rate"] == 0.0
+    sampled = [resumed.evaluate(num_episodes=16, seed=5, greedy=False)["eval/episode_return"] for _ in range(2)]
+    assert sampled[0] == sampled[1], "a sampled evaluation on a seed is reproducible (request seeds from torch's RNG)"
 
     agent = VLMAgent.from_pretrained(str(tmp_path / "agent"))
     assert agent.evaluate(num_episodes=16, seed=5).metrics("eval")["eval/success_rate"] == pytest.approx(trained)
