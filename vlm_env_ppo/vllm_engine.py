@@ -102,6 +102,11 @@ def processor_class():
                 entry = self.rows[index]
                 walk, output_ids = entry[0], entry[1]
                 for token in output_ids[entry[2]:]:
+                    if token < 0:  # vLLM fills async scheduling's placeholders in before logits processors run
+                        raise RuntimeError(
+                            "vLLM handed the grammar's logits processor a placeholder token (async scheduling); "
+                            "set vllm_engine_kwargs={'async_scheduling': False}."
+                        )
                     walk.advance(int(token))
                 entry[2] = len(output_ids)
                 walk.next_mask(packed, k)
