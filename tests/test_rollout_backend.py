@@ -1,5 +1,6 @@
-"""`rollout_backend` on the main suite's side (no vLLM here): settings, the error without vLLM, and the merged weights
-a vLLM engine is given. The engine itself is tested in the vLLM lane (tests/test_vllm_lane.py)."""
+"""`rollout_backend` on the main suite's side (no vLLM here): settings (their errors are in tests/test_faults.py's
+table), the error without vLLM, and the merged weights a vLLM engine is given. The engine itself is tested in the vLLM
+lane (tests/test_vllm_lane.py)."""
 
 import importlib.util
 
@@ -10,24 +11,6 @@ from transformers import AutoModelForImageTextToText
 
 from vlm_env_ppo import VLMPPOConfig, VLMPPOTrainer
 from vlm_env_ppo.vllm_engine import engine_weights
-
-
-@pytest.mark.parametrize(
-    "field, value, message",
-    [
-        ("rollout_backend", "vllm-gpu", "`rollout_backend` must be one of"),
-        ("vllm_gpu_memory_utilization", 0.0, "`vllm_gpu_memory_utilization` must be in (0, 1]"),
-        ("vllm_gpu_memory_utilization", 1.5, "`vllm_gpu_memory_utilization` must be in (0, 1]"),
-        ("vllm_importance_sampling_cap", 0.5, "`vllm_importance_sampling_cap` must be a finite number >= 1"),
-        ("vllm_importance_sampling_cap", float("inf"), "`vllm_importance_sampling_cap` must be a finite number >= 1"),
-        ("vllm_max_model_len", 0, "`vllm_max_model_len` must be an int > 0"),
-        ("vllm_engine_kwargs", "{not json", "`vllm_engine_kwargs` must be a dict or a JSON object string"),
-    ],
-)
-def test_bad_backend_settings_are_refused(tmp_path, field, value, message):
-    with pytest.raises(ValueError) as err:
-        VLMPPOConfig(output_dir=str(tmp_path), **{field: value})
-    assert message in str(err.value)
 
 
 def test_engine_kwargs_from_the_command_line_are_json(tmp_path):
