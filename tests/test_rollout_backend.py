@@ -10,7 +10,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForImageTextToText
 
 from vlm_env_ppo import VLMPPOConfig, VLMPPOTrainer
-from vlm_env_ppo.vllm_engine import engine_weights
+from vlm_env_ppo.vllm_engine import VLLMRollout, engine_weights
 
 
 def test_engine_kwargs_from_the_command_line_are_json(tmp_path):
@@ -52,3 +52,21 @@ def test_lora_weights_reach_the_engine_merged_under_checkpoint_names(tiny_vlm_pa
     key = target.replace("base_model.model.", "") + ".weight"
     by_hand = plain.state_dict()[key] + 2.0 * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
     torch.testing.assert_close(merged[key], by_hand)
+
+
+@pytest.mark.parametrize(
+    "policy_kind, message",
+    [("no checkpoint", "this policy has none"), ("4-bit", r"a 4-bit or 8-bit \(bitsandbytes\) policy has none")],
+)
+def test_engine_refuses_a_policy_it_cannot_load(tiny_vlm_path, policy_kind, message):
+    """Checked before vLLM is imported: the engine loads the policy's checkpoint, then takes its weights as they are."""
+    policy = AutoModelForImageTextToText.from_pretrained(tiny_vlm_path("llava_next"))
+    if policy_kind == "no checkpoint":
+        policy.config._name_or_path = ""
+    else:
+        policy.is_loaded_in_4bit = True  # what bitsandbytes loading sets
+    with pytest.raises(ValueError, match=message):
+        VLLMRollout(
+            policy, None, constraint=None, suppress_token_ids=(), eos_token_ids=(2,), vocab_size=10, seed=0,
+            max_images=1, gpu_memory_utilization=0.3, max_model_len=None, engine_kwargs=None,
+        )

@@ -124,8 +124,9 @@ _PROCESSOR = None
 
 def engine_weights(policy) -> Iterator[tuple[str, torch.Tensor]]:
     """The policy's weights under their checkpoint names, a PEFT policy's adapters merged in (as TRL's GRPO does for
-    vLLM): LoRA's ``base_layer.`` dropped from the names, the adapter matrices left out. Call inside
-    `merged_adapters` for a PEFT policy."""
+    vLLM): LoRA's ``base_layer.`` dropped from the names, the adapter matrices left out. For a PEFT policy, call it
+    between ``merge_adapter()`` and ``unmerge_adapter()`` (as `VLLMRollout.push_weights` does), and copy or consume
+    the tensors before unmerging: they are views of the policy's weights."""
     if isinstance(policy, PeftModel):
         prefix = policy.prefix  # "lora_"
         for name, tensor in policy.get_base_model().state_dict().items():
@@ -155,7 +156,6 @@ class VLLMRollout:
     def __init__(self, policy, processing_class, *, constraint: GrammarConstraint | None, suppress_token_ids,
                  eos_token_ids, vocab_size: int, seed: int, max_images: int, gpu_memory_utilization: float,
                  max_model_len: int | None, engine_kwargs: dict | None, trust_remote_code: bool = False):
-        vllm = import_vllm()
         base = policy.get_base_model() if isinstance(policy, PeftModel) else policy
         source = getattr(base.config, "_name_or_path", None)
         if not source:
@@ -163,6 +163,12 @@ class VLLMRollout:
                 "rollout_backend='vllm' loads the engine from the policy's checkpoint, but this policy has none "
                 "(`config._name_or_path` is empty): load the model with `from_pretrained` or pass its path or Hub id."
             )
+        if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False):
+            raise ValueError(
+                "rollout_backend='vllm' pushes the policy's weights into the engine in their checkpoint form; a 4-bit "
+                "or 8-bit (bitsandbytes) policy has none. Train it in bf16 with LoRA, or use rollout_backend='hf'."
+            )
+        vllm = import_vllm()
         self.processing_class = processing_class
         # Unconstrained steps still need the suppressed tokens masked: a walk without a grammar does exactly that.
         self.constraint = constraint or GrammarConstraint(
