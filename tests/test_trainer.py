@@ -498,7 +498,7 @@ def test_trl_style_image_placeholders_are_filled_with_the_steps_frames(tiny_vlm_
     frames = [t["frame"] for t in infos[0]["history"]] + [obs[0]]
     assert not np.array_equal(frames[0], frames[2])
 
-    inputs, counts = trainer._inputs_and_image_counts(list(obs), infos)
+    inputs, counts, _ = trainer._prompt(list(obs), infos)
     expected = trainer.build_model_inputs([trainer.task.build_messages(o, i) for o, i in zip(obs, infos)])
     assert counts == [3, 3] and inputs.keys() == expected.keys()
     for key in expected:
@@ -508,7 +508,7 @@ def test_trl_style_image_placeholders_are_filled_with_the_steps_frames(tiny_vlm_
 
     placeholders["n"] = 1
     with pytest.raises(ValueError, match=r"`build_messages` returned 1 image placeholder.*3 frame\(s\): 2 from"):
-        trainer._inputs_and_image_counts(list(obs), infos)
+        trainer._prompt(list(obs), infos)
 
 
 # ----------------------------------------------------------------------------------------------- config errors

@@ -158,11 +158,6 @@ class ActingMixin:
         ]
         return self.build_model_inputs(messages), counts, messages
 
-    def _inputs_and_image_counts(self, observations, infos: list[dict]) -> tuple[dict, list[int]]:
-        """Processor outputs for ``observations`` and how many images each prompt holds (for `split_inputs`)."""
-        inputs, counts, _ = self._prompt(observations, infos)
-        return inputs, counts
-
     def _act(self, observations, infos: list[dict], greedy: bool, score: bool) -> StepOutput:
         n = len(infos)
         inputs, image_counts, messages = self._prompt_inputs(observations, infos)
@@ -173,9 +168,8 @@ class ActingMixin:
         processor = sampler_logprobs = None
         if self.rollout_engine is not None:
             completion_ids, completion_mask, texts, sampler_logprobs = self._engine_generate(messages, grammars, greedy)
-            completion_ids, completion_mask = completion_ids.to(device_inputs["input_ids"].device), completion_mask.to(
-                device_inputs["input_ids"].device
-            )
+            device = device_inputs["input_ids"].device
+            completion_ids, completion_mask = completion_ids.to(device), completion_mask.to(device)
         else:
             processor = self.constraint.logits_processor(grammars) if grammars else None
             completion_ids, completion_mask, texts = generate_completions(
@@ -274,7 +268,7 @@ class ActingMixin:
         # The engine's completions end with their EOS (or at the token budget); what follows is padding.
         completion_mask = (torch.arange(width).unsqueeze(0) < torch.tensor([len(r) for r in ids]).unsqueeze(1)).long()
         texts = get_tokenizer(self.processing_class).batch_decode(completion_ids, skip_special_tokens=True)
-        return completion_ids, completion_mask, texts, sampler_logprobs * completion_mask
+        return completion_ids, completion_mask, texts, sampler_logprobs
 
     def _ref_logprobs(self, inputs, completion_ids, completion_mask, allowed=None) -> torch.Tensor:
         # The reference is scored like the policy: renormalised over the tokens generation can sample, under

@@ -13,6 +13,8 @@ from gymnasium.envs.toy_text.frozen_lake import FrozenLakeEnv as GymFrozenLake
 from gymnasium.envs.toy_text.frozen_lake import generate_random_map
 from PIL import Image, ImageDraw
 
+from .presets import resolve_rules
+
 
 @dataclass(frozen=True)
 class FrozenLakeRules:
@@ -136,11 +138,7 @@ class FrozenLakeEnv(gym.Env):
     ):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"Unsupported render_mode {render_mode!r}; the only render mode is 'rgb_array'.")
-        if isinstance(rules, str):
-            if rules not in RULES:
-                raise ValueError(f"Unknown FrozenLake rules {rules!r}; known: {sorted(RULES)} (or a FrozenLakeRules).")
-            rules = RULES[rules]
-        self.rules = rules
+        self.rules = rules = resolve_rules(rules, RULES, "FrozenLake", FrozenLakeRules)
         self.size = int(size if size is not None else rules.size)
         self.p = float(p if p is not None else rules.p)
         self.is_slippery = bool(is_slippery if is_slippery is not None else rules.is_slippery)

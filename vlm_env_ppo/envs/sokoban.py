@@ -10,6 +10,7 @@ import numpy as np
 from gymnasium import spaces
 from PIL import Image, ImageDraw
 
+from .presets import resolve_rules
 from .sokoban_levels import DIRECTION_NAMES, Level, generate_level, grid_text, move, solve
 
 
@@ -150,11 +151,7 @@ class SokobanEnv(gym.Env):
     ):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"Unsupported render_mode {render_mode!r}; the only render mode is 'rgb_array'.")
-        if isinstance(rules, str):
-            if rules not in RULES:
-                raise ValueError(f"Unknown Sokoban rules {rules!r}; known: {sorted(RULES)} (or pass a SokobanRules).")
-            rules = RULES[rules]
-        self.rules = rules
+        self.rules = rules = resolve_rules(rules, RULES, "Sokoban", SokobanRules)
         self.dim_room = tuple(int(d) for d in (dim_room if dim_room is not None else rules.dim_room))
         self.num_boxes = int(num_boxes if num_boxes is not None else rules.num_boxes)
         self.search_depth = int(search_depth if search_depth is not None else rules.search_depth)
